@@ -1,0 +1,217 @@
+"""The label-token adapter configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class ProblemType(str, Enum):
+    """How label logits become predictions; the names are transformers' `problem_type` values."""
+
+    SINGLE_LABEL = "single_label_classification"
+    MULTI_LABEL = "multi_label_classification"
+
+
+class LabelInit(str, Enum):
+    """How the label table rows start (the four options of the original label-token idea)."""
+
+    RANDOM = "random"
+    CLS = "cls"
+    VOCAB_MEAN = "vocab_mean"
+    LABEL_TEXT = "label_text"
+
+
+class Placement(str, Enum):
+    """Where the label tokens go in each row."""
+
+    AUTO = "auto"
+    AFTER_FIRST_TOKEN = "after_first_token"
+    AFTER_LAST_TOKEN = "after_last_token"
+
+
+class LabelAttention(str, Enum):
+    """What label tokens may attend to."""
+
+    FULL = "full"
+    ISOLATED = "isolated"
+
+
+class LabelPositions(str, Enum):
+    """Which position ids label tokens get."""
+
+    SEQUENTIAL = "sequential"
+    SHARED = "shared"
+
+
+def _coerce_enum(enum_cls: type[Enum], field_name: str, value: Any) -> Enum:
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(member.value) for member in enum_cls)
+        raise ValueError(f"LabelTokConfig.{field_name} must be one of {allowed}; got {value!r}.") from None
+
+
+@dataclass
+class LabelTokConfig:
+    """Configuration of one label-token adapter.
+
+    Every class label becomes a learned token placed in the input beside the text. The backbone's output at each
+    label position goes through one shared linear layer to a single logit, so the logits have shape
+    `[batch, num_labels]`.
+
+    Example:
+
+    ```python
+    >>> from labeltok_peft import LabelTokConfig
+    >>> config = LabelTokConfig(labels=["business", "sport"], lora={"r": 16})
+    >>> config.label2id
+    {'business': 0, 'sport': 1}
+    ```
+    """
+
+    labels: list[str] = field(
+        default_factory=list, metadata={"help": "Class label names, in the order of the logits. At least two."}
+    )
+    problem_type: ProblemType | str = field(
+        default=ProblemType.SINGLE_LABEL,
+        metadata={
+            "help": "'single_label_classification' (softmax, int labels) or 'multi_label_classification' "
+            "(sigmoid, float multi-hot labels)."
+        },
+    )
+    label_init: LabelInit | str = field(
+        default=LabelInit.LABEL_TEXT,
+        metadata={
+            "help": "How label rows start: 'label_text' (mean embedding of the label's text or description), "
+            "'cls' (the first special token's embedding), 'vocab_mean' (mean of all token embeddings) or 'random'."
+        },
+    )
+    label_descriptions: dict[str, str] | None = field(
+        default=None,
+        metadata={"help": "Optional text per label used by the 'label_text' init instead of the label name."},
+    )
+    placement: Placement | str = field(
+        default=Placement.AUTO,
+        metadata={
+            "help": "'auto' (encoders: after the first special token; causal decoders: after each row's last real "
+            "token), 'after_first_token' or 'after_last_token'."
+        },
+    )
+    label_attention: LabelAttention | str = field(
+        default=LabelAttention.FULL,
+        metadata={
+            "help": "'full': labels and text attend as the backbone normally does. 'isolated': every label sees the "
+            "text and itself only and the text does not see labels, so label logits are independent of each other."
+        },
+    )
+    label_positions: LabelPositions | str = field(
+        default=LabelPositions.SEQUENTIAL,
+        metadata={
+            "help": "'sequential': each label token takes its own position id (labels spend the position budget). "
+            "'shared': all label tokens take the one position the first label would have and the text keeps its "
+            "own positions, so any number of labels fits."
+        },
+    )
+    label_chunk_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "With isolated attention, score at most this many labels per backbone pass (same logits, "
+            "less memory per pass). None scores all labels in one pass."
+        },
+    )
+    per_label_bias: bool = field(
+        default=False,
+        metadata={"help": "Add a learned bias per label on top of the shared head (a prior per class)."},
+    )
+    lora: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for peft.LoraConfig (for example {'r': 16}); None trains no LoRA weights. "
+            "target_modules defaults to PEFT's choice for the backbone's architecture."
+        },
+    )
+    init_seed: int = field(
+        default=0, metadata={"help": "Seed for the random parts of the adapter (label rows with 'random', head)."}
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.labels, (str, bytes)) or not isinstance(self.labels, (list, tuple)):
+            raise TypeError(f"LabelTokConfig.labels must be a list of label names; got {type(self.labels).__name__}.")
+        self.labels = list(self.labels)
+        if len(self.labels) < 2:
+            raise ValueError(
+                f"LabelTokConfig.labels needs at least two labels; got {self.labels!r}. "
+                "For a yes/no task use two labels such as ['no', 'yes']."
+            )
+        for label in self.labels:
+            if not isinstance(label, str) or not label.strip():
+                raise ValueError(f"LabelTokConfig.labels must hold non-empty strings; got {label!r}.")
+        seen: set[str] = set()
+        duplicates = sorted({label for label in self.labels if label in seen or seen.add(label)})
+        if duplicates:
+            raise ValueError(f"LabelTokConfig.labels has duplicate labels {duplicates}; each label must appear once.")
+        self.problem_type = _coerce_enum(ProblemType, "problem_type", self.problem_type)
+        self.label_init = _coerce_enum(LabelInit, "label_init", self.label_init)
+        self.placement = _coerce_enum(Placement, "placement", self.placement)
+        self.label_attention = _coerce_enum(LabelAttention, "label_attention", self.label_attention)
+        self.label_positions = _coerce_enum(LabelPositions, "label_positions", self.label_positions)
+        if self.label_descriptions is not None:
+            unknown = sorted(set(self.label_descriptions) - set(self.labels))
+            if unknown:
+                raise ValueError(
+                    f"LabelTokConfig.label_descriptions has keys that are not labels: {unknown}. "
+                    f"Known labels: {self.labels}."
+                )
+        if self.label_chunk_size is not None:
+            if not isinstance(self.label_chunk_size, int) or self.label_chunk_size < 1:
+                raise ValueError(
+                    f"LabelTokConfig.label_chunk_size must be a positive integer or None; got {self.label_chunk_size!r}."
+                )
+            if self.label_attention != LabelAttention.ISOLATED:
+                raise ValueError(
+                    "LabelTokConfig.label_chunk_size needs label_attention='isolated' (with full attention labels "
+                    f"see each other, so chunks would change the logits); got label_attention={self.label_attention.value!r}."
+                )
+        if self.lora is not None and not isinstance(self.lora, dict):
+            raise TypeError(
+                f"LabelTokConfig.lora must be a dict of peft.LoraConfig arguments or None; got {type(self.lora).__name__}."
+            )
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.labels))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: index for index, label in enumerate(self.labels)}
+
+    @property
+    def is_multi_label(self) -> bool:
+        return self.problem_type == ProblemType.MULTI_LABEL
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the config as plain JSON-serialisable values."""
+        values = dataclasses.asdict(self)
+        return {key: value.value if isinstance(value, Enum) else value for key, value in values.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LabelTokConfig:
+        """Builds a config from `to_dict()` output; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown LabelTokConfig keys {unknown}; known keys: {sorted(known)}.")
+        return cls(**values)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,154 @@
+"""Checking and encoding texts and labels for a label-token adapter."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .config import LabelTokConfig
+
+
+def validate_texts(texts: Sequence[Any], first_row: int = 0) -> list[str]:
+    """Checks that every text is a non-empty string.
+
+    Args:
+        texts: the texts.
+        first_row: row number of `texts[0]` in the caller's data, so errors name the right row.
+
+    Returns:
+        The texts as a list.
+
+    Raises:
+        TypeError: a text is not a string.
+        ValueError: a text is empty or whitespace only.
+    """
+    if isinstance(texts, str):
+        raise TypeError("Expected a list of texts, got a single string; wrap it in a list.")
+    texts = list(texts)
+    for offset, text in enumerate(texts):
+        row = first_row + offset
+        if not isinstance(text, str):
+            raise TypeError(f"Text in row {row} is a {type(text).__name__} ({text!r}), not a string.")
+        if not text.strip():
+            raise ValueError(f"Text in row {row} is empty or whitespace only; remove the row or give it text.")
+    return texts
+
+
+def _label_id(value: Any, config: LabelTokConfig, row: int) -> int:
+    if isinstance(value, str):
+        label_ids = config.label2id
+        if value not in label_ids:
+            raise ValueError(
+                f"Row {row} has label {value!r}, which is not one of the adapter's labels {config.labels}. "
+                "Add it to LabelTokConfig.labels or drop the rows that carry it."
+            )
+        return label_ids[value]
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if not 0 <= int(value) < config.num_labels:
+            raise ValueError(
+                f"Row {row} has label id {value}, outside 0..{config.num_labels - 1} for the adapter's "
+                f"{config.num_labels} labels."
+            )
+        return int(value)
+    raise TypeError(f"Row {row} has label {value!r} of type {type(value).__name__}; expected a label name or id.")
+
+
+def encode_label(value: Any, config: LabelTokConfig, row: int = 0) -> int | list[float]:
+    """Encodes one row's label: a class id (single-label) or a multi-hot float list (multi-label).
+
+    Single-label rows take a label name, a label id, or a one-element list of either. Multi-label rows take a list
+    of label names or ids, a single name or id, or a multi-hot list of `num_labels` numbers.
+    """
+    if value is None:
+        raise ValueError(f"Row {row} has no label (None); every training row needs a label.")
+    is_list = isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str))
+    if is_list:
+        value = list(value.tolist() if hasattr(value, "tolist") else value)
+    if not config.is_multi_label:
+        if is_list:
+            if len(value) != 1:
+                raise ValueError(
+                    f"Row {row} has {len(value)} labels {value!r}, but the adapter is single-label. Use "
+                    "problem_type='multi_label_classification' for rows with several labels."
+                )
+            value = value[0]
+        return _label_id(value, config, row)
+    if not is_list:
+        value = [value]
+    # A row of numbers is multi-hot when it holds floats, or exactly num_labels zeros and ones; otherwise ids.
+    numeric = bool(value) and all(isinstance(v, numbers.Real) for v in value)
+    if numeric and (any(isinstance(v, float) for v in value) or (len(value) == config.num_labels and set(value) <= {0, 1})):
+        if len(value) != config.num_labels or not all(0.0 <= float(v) <= 1.0 for v in value):
+            raise ValueError(
+                f"Row {row} has a multi-hot label {value!r} of width {len(value)}, but the adapter has "
+                f"{config.num_labels} labels; give one value in [0, 1] per label, in the order of "
+                "LabelTokConfig.labels."
+            )
+        return [float(v) for v in value]
+    multi_hot = [0.0] * config.num_labels
+    for item in value:
+        multi_hot[_label_id(item, config, row)] = 1.0
+    return multi_hot
+
+
+def encode_labels(values: Sequence[Any], config: LabelTokConfig, first_row: int = 0) -> list[int | list[float]]:
+    """Encodes a column of labels with `encode_label`, naming the first bad row in errors."""
+    return [encode_label(value, config, first_row + offset) for offset, value in enumerate(values)]
+
+
+def check_labels_tensor(labels: torch.Tensor, num_labels: int, multi_label: bool) -> torch.Tensor:
+    """Checks a batch of encoded labels before the loss.
+
+    Args:
+        labels: `[batch]` class ids (single-label) or `[batch, num_labels]` multi-hot values (multi-label).
+        num_labels: the adapter's label count.
+        multi_label: whether the adapter is multi-label.
+
+    Returns:
+        The labels (long for single-label).
+    """
+    if multi_label:
+        if labels.dim() != 2 or labels.shape[1] != num_labels:
+            raise ValueError(
+                f"Multi-label labels must be multi-hot with shape [batch, {num_labels}]; got {tuple(labels.shape)}. "
+                "Encode each row with labeltok_peft.encode_label."
+            )
+        return labels
+    if labels.dim() != 1 or labels.is_floating_point():
+        raise ValueError(
+            f"Single-label labels must be class ids with shape [batch]; got {labels.dtype} {tuple(labels.shape)}. "
+            "For multi-hot labels use problem_type='multi_label_classification'."
+        )
+    if bool(((labels < 0) | (labels >= num_labels)).any()):
+        raise ValueError(f"Label ids must lie in 0..{num_labels - 1}; got {labels.tolist()}.")
+    return labels.long()
+
+
+def tokenize_function(tokenizer, config: LabelTokConfig, text_column: str, label_column: str | None, max_length: int):
+    """Returns a batched `datasets.Dataset.map` function that checks, tokenizes and encodes a split.
+
+    Args:
+        tokenizer: the backbone's tokenizer.
+        config: the adapter config (labels and problem type).
+        text_column: column holding the texts.
+        label_column: column holding the labels, or `None` for unlabeled data.
+        max_length: texts are truncated to this many tokens (leave room for the labels; see
+            `LabelTokModel.max_text_length`).
+    """
+
+    def tokenize(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        if text_column not in batch:
+            raise KeyError(f"No text column {text_column!r}; the data has columns {sorted(batch)}.")
+        first_row = indices[0] if indices else 0
+        texts = validate_texts(batch[text_column], first_row)
+        encoded = tokenizer(texts, truncation=True, max_length=max_length)
+        if label_column is not None:
+            if label_column not in batch:
+                raise KeyError(f"No label column {label_column!r}; the data has columns {sorted(batch)}.")
+            encoded["labels"] = encode_labels(batch[label_column], config, first_row)
+        return dict(encoded)
+
+    return tokenize
