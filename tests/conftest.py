@@ -51,10 +51,10 @@ def tiny_backbone(family: str, seed: int = 0) -> torch.nn.Module:
     """A randomly initialised 2-layer backbone of the given family, in eval mode (no dropout)."""
     torch.manual_seed(seed)
     if family == "bert":
-        model = BertModel(BertConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=64, **TINY), add_pooling_layer=False)
+        model = BertModel(BertConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TINY), add_pooling_layer=False)
     elif family == "roberta":
         model = RobertaModel(
-            RobertaConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=66, pad_token_id=1, **TINY),
+            RobertaConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=66, pad_token_id=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TINY),
             add_pooling_layer=False,
         )
     elif family == "llama":
