@@ -9,6 +9,9 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+# Model types whose attention takes no custom 4D mask (DeBERTa builds its own relative-position attention).
+_NO_CUSTOM_4D_MASK_TYPES = {"deberta", "deberta-v2"}
+
 # Model types whose position ids start after the padding index (RoBERTa's convention).
 _PADDING_OFFSET_POSITION_TYPES = {
     "roberta",
@@ -34,6 +37,7 @@ class BackboneInfo:
         position_offset: the position id of the first token (RoBERTa-style models start after the pad index).
         max_positions: how many positions a sequence may use, or `None` where positions are not a hard limit
             (rotary embeddings).
+        supports_custom_4d_mask: whether the backbone accepts the 4D float mask of isolated label attention.
     """
 
     model_type: str
@@ -43,6 +47,7 @@ class BackboneInfo:
     accepts_token_type_ids: bool
     position_offset: int
     max_positions: int | None
+    supports_custom_4d_mask: bool = True
 
 
 def base_transformer(model: nn.Module) -> nn.Module:
@@ -108,4 +113,5 @@ def inspect_backbone(model: nn.Module) -> BackboneInfo:
         accepts_token_type_ids="token_type_ids" in parameters,
         position_offset=position_offset,
         max_positions=max_positions,
+        supports_custom_4d_mask=model_type not in _NO_CUSTOM_4D_MASK_TYPES,
     )
