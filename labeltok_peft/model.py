@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,6 +12,14 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from .adapters import (
+    delete_adapter,
+    drop_backbone_weights,
+    ignore_missing_backbone_keys,
+    load_adapter,
+    push_adapter_to_hub,
+    save_adapter,
+)
 from .backbone import BackboneInfo, base_transformer, inspect_backbone
 from .config import LabelAttention, LabelPositions, LabelTokConfig, Placement
 from .data import check_labels_tensor, validate_texts
@@ -58,6 +68,10 @@ class LabelTokModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.labeltok_configs: dict[str, LabelTokConfig] = {}
         self.active_adapter: str | None = None
+        # Per adapter: training data name and metrics written into its model card (see save_pretrained).
+        self.adapter_training_info: dict[str, dict[str, Any]] = {}
+        # state_dict() leaves the frozen backbone out, so loading never reports its weights as missing.
+        self.register_load_state_dict_post_hook(ignore_missing_backbone_keys)
 
     # ----------------------------------------------------------------------------------------- adapters
 
@@ -141,6 +155,11 @@ class LabelTokModel(nn.Module):
 
     def _check_positions(self, config: LabelTokConfig) -> None:
         info = self.backbone_info
+        if config.label_attention == LabelAttention.ISOLATED and not info.supports_custom_4d_mask:
+            raise ValueError(
+                f"label_attention='isolated' needs a custom 4D attention mask, which {info.model_type!r} backbones do "
+                "not accept; use label_attention='full' (or an encoder such as BERT, RoBERTa or ModernBERT)."
+            )
         if config.label_positions == LabelPositions.SHARED and not info.accepts_position_ids:
             raise ValueError(
                 f"label_positions='shared' needs explicit position ids, which {info.model_type!r} backbones do not "
@@ -164,6 +183,118 @@ class LabelTokModel(nn.Module):
         if config.label_positions == LabelPositions.SHARED:
             return info.max_positions - 1
         return info.max_positions - config.num_labels
+
+    # ----------------------------------------------------------------------------------------- save / load
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        adapter_name: str | None = None,
+        dataset_name: str | None = None,
+        metrics: dict[str, float] | None = None,
+        model_card: bool = True,
+    ) -> Path:
+        """Saves one adapter (never the backbone) as safetensors + JSON, with a model card; see docs/adapter_format.md.
+
+        Args:
+            save_directory: folder to write; created if needed. Files of an earlier save there are replaced.
+            adapter_name: adapter to save; the active one by default.
+            dataset_name: name of the training data, shown in the model card (kept for later saves).
+            metrics: evaluation metrics (name -> number), shown in the model card (kept for later saves).
+            model_card: write README.md.
+
+        Returns:
+            The folder written.
+        """
+        return save_adapter(self, save_directory, adapter_name, dataset_name, metrics, model_card)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        backbone: nn.Module,
+        adapter_directory: str | os.PathLike,
+        adapter_name: str = DEFAULT_ADAPTER_NAME,
+        is_trainable: bool = False,
+        tokenizer=None,
+    ) -> LabelTokModel:
+        """Builds a model from a backbone and a folder written by `save_pretrained` (the counterpart of PEFT's).
+
+        Args:
+            backbone: the transformers model the adapter was trained on (checked against the saved fingerprint).
+            adapter_directory: the saved adapter folder.
+            adapter_name: name the adapter gets in this model.
+            is_trainable: load for further training; otherwise its weights do not require grad and the model is put
+                in eval mode.
+            tokenizer: the backbone's tokenizer (needed by `predict`).
+
+        Returns:
+            A `LabelTokModel` with the loaded adapter active. Its logits equal those of the saved model (bitwise on
+            the same device and dtype).
+        """
+        model = cls(backbone, tokenizer=tokenizer)
+        model.load_adapter(adapter_directory, adapter_name, is_trainable=is_trainable)
+        if not is_trainable:
+            model.eval()
+        return model
+
+    def load_adapter(
+        self,
+        adapter_directory: str | os.PathLike,
+        adapter_name: str,
+        is_trainable: bool = False,
+        replace: bool = False,
+    ) -> None:
+        """Loads a saved adapter onto this model's backbone, beside the adapters already there.
+
+        Every file and the fit to this backbone are checked before the model changes: on any error nothing is
+        loaded. The active adapter stays as it is (the loaded one becomes active only in a model without adapters);
+        switch with `set_adapter`.
+
+        Args:
+            adapter_directory: a folder written by `save_pretrained`.
+            adapter_name: name of the adapter in this model (letters, digits, `_`, `-`).
+            is_trainable: with `False` its weights are loaded frozen. As in PEFT, `set_adapter(adapter_name)` makes
+                the active adapter trainable.
+            replace: overwrite an adapter of the same name instead of raising an error.
+        """
+        load_adapter(self, adapter_directory, adapter_name, is_trainable=is_trainable, replace=replace)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Removes an adapter (label table, head and LoRA weights); the active adapter cannot be deleted."""
+        delete_adapter(self, adapter_name)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        adapter_name: str | None = None,
+        dataset_name: str | None = None,
+        metrics: dict[str, float] | None = None,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+    ):
+        """Uploads one adapter folder (as `save_pretrained` writes it, model card included) to the Hugging Face Hub.
+
+        Returns:
+            The `huggingface_hub.CommitInfo` of the upload.
+        """
+        return push_adapter_to_hub(
+            self, repo_id, adapter_name, dataset_name, metrics, commit_message, private, token, revision
+        )
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """Returns the adapter tensors only: label tables, heads and LoRA weights of every adapter, no backbone.
+
+        An unmodified `transformers.Trainer` saves `model.state_dict()` as the `model.safetensors` of each checkpoint
+        and resumes with `model.load_state_dict(..., strict=False)`. Leaving the frozen backbone out here keeps those
+        checkpoints at adapter size (plus optimizer state, which only covers trainable tensors anyway) and resuming
+        restores exactly the adapter tensors. The backbone comes from its own checkpoint; its weights are in
+        `model.base_model.state_dict()`. Conversely `load_state_dict` never reports backbone weights as missing, so
+        `model.load_state_dict(other.state_dict())` works with `strict=True`.
+        """
+        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        return drop_backbone_weights(self, state, prefix)
 
     # ----------------------------------------------------------------------------------------- forward
 
