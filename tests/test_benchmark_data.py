@@ -1,0 +1,194 @@
+"""The WordNet benchmark datasets: parsing, hypernym labels, determinism, label counts, multi-hot width, caching.
+
+The unit tests run on a small hand-written `data.noun` in WordNet's format; the integration tests need Debian's
+`wordnet-base` package (`apt-get install wordnet-base`) and are skipped without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from labeltok_peft import LabelTokConfig, encode_label
+from labeltok_peft.corpora import wordnet
+from labeltok_peft.corpora.wordnet import (
+    hypernym_ancestors_at_depth,
+    load_wordnet_hypernyms,
+    load_wordnet_lexnames,
+    parse_data_line,
+    read_noun_synsets,
+)
+
+# A tiny hypernym DAG: entity -> {alpha, beta}; alpha -> alpha1; beta -> beta1; "both" has two parents, one on
+# each side, so at depth 2 it gets two labels. Offsets need not be real byte offsets.
+_SYNSETS = [
+    # offset, lexname id, lemmas, hypernyms (with symbol), gloss
+    ("00000001", 3, ["entity"], [], "that which exists"),
+    ("00000002", 3, ["alpha"], [("@", "00000001")], "the first kind of thing"),
+    ("00000003", 3, ["beta"], [("@", "00000001")], "the second kind of thing"),
+    ("00000004", 5, ["alpha_one", "a1"], [("@", "00000002")], "an alpha of the first sort"),
+    ("00000005", 5, ["beta_one"], [("@", "00000003")], "a beta of the first sort"),
+    ("00000006", 5, ["both"], [("@", "00000004"), ("@", "00000005")], "a thing that is alpha and beta at once"),
+    ("00000007", 6, ["only_alpha"], [("@", "00000004")], "a thing that is alpha only"),
+    ("00000008", 6, ["named_beta"], [("@i", "00000005")], "a particular, named beta"),
+    ("00000009", 6, ["deep"], [("@", "00000006")], 'a kind of the thing that is both; "an example"'),
+]
+for _index in range(10, 40):  # more rows so that per_label sampling and stratified splits have something to do
+    _parent = "00000004" if _index % 2 else "00000005"
+    _SYNSETS.append((f"{_index:08d}", 5 + _index % 3, [f"word{_index}"], [("@", _parent)], f"gloss number {_index}"))
+_SYNSETS.append(("00000090", 7, ["twin_a"], [("@", "00000004")], "a gloss that two synsets share"))
+_SYNSETS.append(("00000091", 7, ["twin_b"], [("@", "00000005")], "a gloss that two synsets share"))
+
+
+def _line(offset: str, lexname: int, lemmas: list[str], pointers: list[tuple[str, str]], gloss: str) -> str:
+    words = " ".join(f"{lemma} 0" for lemma in lemmas)
+    # Every synset also gets a hyponym pointer and a verb pointer, which are not hypernyms and must be ignored.
+    all_pointers = [f"{symbol} {target} n 0000" for symbol, target in pointers] + [
+        "~ 00000001 n 0000",
+        "+ 00000001 v 0101",
+    ]
+    pointer_text = f"{len(all_pointers):03d} {' '.join(all_pointers)}"
+    return f"{offset} {lexname:02d} n {len(lemmas):02x} {words} {pointer_text} | {gloss}  \n"
+
+
+@pytest.fixture
+def fake_wordnet(tmp_path: Path) -> Path:
+    folder = tmp_path / "dict"
+    folder.mkdir()
+    header = "  1 This software and database is being provided to you, the LICENSEE, by  \n"
+    (folder / "data.noun").write_text(header + "".join(_line(*synset) for synset in _SYNSETS), encoding="utf-8")
+    return folder
+
+
+def test_parse_data_line_reads_lemmas_hypernyms_and_gloss():
+    line = (
+        "00002137 03 n 02 abstraction 0 abstract_entity 0 003 @ 00001740 n 0000 + 00692347 v 0101 ~ 00023100 n 0000 "
+        "| a general concept  \n"
+    )
+    synset = parse_data_line(line)
+    assert synset.offset == "00002137"
+    assert synset.lexname_id == 3
+    assert synset.lemmas == ("abstraction", "abstract entity")
+    assert synset.hypernyms == ("00001740",)  # '+' (verb) and '~' (hyponym) pointers are not hypernyms
+    assert synset.gloss == "a general concept"
+
+
+def test_parse_data_line_names_the_bad_line():
+    with pytest.raises(ValueError, match="Cannot parse"):
+        parse_data_line("00002137 03 n zz abstraction | gloss\n")
+
+
+def test_hypernym_ancestors_at_depth_follows_every_path(fake_wordnet: Path):
+    synsets = read_noun_synsets(fake_wordnet)
+    assert len(synsets) == len(_SYNSETS)
+    at_two = hypernym_ancestors_at_depth(synsets, 2)
+    assert at_two["00000006"] == {"00000004", "00000005"}  # two parents, one per branch: two labels
+    assert at_two["00000009"] == {"00000004", "00000005"}  # inherited through "both"
+    assert at_two["00000007"] == {"00000004"}
+    assert at_two["00000008"] == {"00000005"}  # instance hypernym pointers count
+    assert "00000004" not in at_two  # a synset at the label depth is not its own label
+    at_one = hypernym_ancestors_at_depth(synsets, 1)
+    assert at_one["00000009"] == {"00000002", "00000003"}
+    assert at_one["00000004"] == {"00000002"}
+    assert "00000001" not in at_one and "00000002" not in at_one
+
+
+def test_missing_wordnet_names_the_apt_package(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="apt-get install wordnet-base"):
+        load_wordnet_lexnames(wordnet_dir=tmp_path, cache_dir=False)
+
+
+def test_lexnames_sample_is_deterministic_stratified_and_capped(fake_wordnet: Path, tmp_path: Path):
+    first = load_wordnet_lexnames(per_label=4, test_size=0.25, wordnet_dir=fake_wordnet, cache_dir=False)
+    second = load_wordnet_lexnames(per_label=4, test_size=0.25, wordnet_dir=fake_wordnet, cache_dir=False)
+    assert first["train"].to_dict() == second["train"].to_dict()
+    assert first["test"].to_dict() == second["test"].to_dict()
+    names = first["train"].features["label"].names
+    assert len(names) == 26 and names[0] == "Tops" and "animal" in names
+    rows = list(first["train"]["label"]) + list(first["test"]["label"])
+    counts = {names[i]: rows.count(i) for i in set(rows)}
+    assert counts == {"Tops": 3, "animal": 4, "artifact": 4, "attribute": 4}  # capped at per_label, Tops has 3
+    assert set(list(first["test"]["label"])) == set(list(first["train"]["label"]))  # every class on both sides
+    texts = list(first["train"]["text"]) + list(first["test"]["text"])
+    assert "a gloss that two synsets share" not in texts  # shared glosses are dropped
+    assert not set(list(first["train"]["synset"])) & set(list(first["test"]["synset"]))
+    other_seed = load_wordnet_lexnames(per_label=4, test_size=0.25, seed=7, wordnet_dir=fake_wordnet, cache_dir=False)
+    assert sorted(list(other_seed["train"]["synset"]) + list(other_seed["test"]["synset"])) != sorted(
+        list(first["train"]["synset"]) + list(first["test"]["synset"])
+    )
+
+
+def test_hypernyms_are_multi_label_with_fixed_width(fake_wordnet: Path):
+    splits = load_wordnet_hypernyms(depth=2, min_examples=2, per_label=None, wordnet_dir=fake_wordnet, cache_dir=False)
+    names = splits["train"].features["label"].feature.names
+    assert names == ["alpha one", "beta one"]
+    synset_ids = list(splits["train"]["synset"]) + list(splits["test"]["synset"])
+    rows = dict(zip(synset_ids, list(splits["train"]["label"]) + list(splits["test"]["label"]), strict=True))
+    assert rows["00000006"] == [0, 1]  # label ids (not multi-hot): both labels
+    assert rows["00000007"] == [0]
+    assert rows["00000008"] == [1]
+    assert "00000004" not in rows and "00000001" not in rows  # no label of their own at depth 2
+
+
+def test_hypernyms_min_examples_drops_rare_labels(fake_wordnet: Path):
+    with pytest.raises(ValueError, match="lower min_examples"):
+        load_wordnet_hypernyms(depth=2, min_examples=1000, wordnet_dir=fake_wordnet, cache_dir=False)
+
+
+def test_cache_round_trip(fake_wordnet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    cache = tmp_path / "cache"
+    built = load_wordnet_lexnames(per_label=4, wordnet_dir=fake_wordnet, cache_dir=cache)
+    entries = list((cache / "wordnet").iterdir())
+    assert len(entries) == 1 and entries[0].name.startswith("lexnames-")
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("a cache hit must not parse data.noun again")
+
+    monkeypatch.setattr(wordnet, "read_noun_synsets", no_parsing)
+    cached = load_wordnet_lexnames(per_label=4, wordnet_dir=fake_wordnet, cache_dir=cache)
+    assert cached["train"].to_dict() == built["train"].to_dict()
+    assert cached["train"].features == built["train"].features
+    with pytest.raises(AssertionError, match="must not parse"):  # other parameters: another cache entry
+        load_wordnet_lexnames(per_label=3, wordnet_dir=fake_wordnet, cache_dir=cache)
+
+
+def _real_wordnet_available() -> bool:
+    try:
+        wordnet.wordnet_directory()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+real_wordnet = pytest.mark.skipif(not _real_wordnet_available(), reason="needs apt-get install wordnet-base")
+
+
+@pytest.mark.integration
+@real_wordnet
+def test_real_lexnames(tmp_path: Path):
+    splits = load_wordnet_lexnames(cache_dir=tmp_path)
+    names = splits["train"].features["label"].names
+    assert len(names) == 26
+    assert len(set(list(splits["train"]["label"]))) == 26 and len(set(list(splits["test"]["label"]))) == 26
+    total = len(splits["train"]) + len(splits["test"])
+    assert 4_500 < total <= 26 * 200
+    assert abs(len(splits["test"]) / total - 0.2) < 0.01
+    again = load_wordnet_lexnames(cache_dir=False)
+    assert list(again["test"]["synset"]) == list(splits["test"]["synset"])
+
+
+@pytest.mark.integration
+@real_wordnet
+def test_real_hypernyms(tmp_path: Path):
+    splits = load_wordnet_hypernyms(cache_dir=tmp_path)
+    names = splits["train"].features["label"].feature.names
+    assert 20 <= len(names) <= 100 and len(set(names)) == len(names)
+    rows = list(splits["train"]["label"]) + list(splits["test"]["label"])
+    assert sum(len(labels) > 1 for labels in rows) / len(rows) > 0.1  # a real multi-label task
+    for split in ("train", "test"):  # every label is seen in training and tested
+        assert {label for labels in list(splits[split]["label"]) for label in labels} == set(range(len(names)))
+    config = LabelTokConfig(labels=names, problem_type="multi_label_classification")
+    assert all(len(encode_label(labels, config)) == len(names) for labels in rows[:50])
+    again = load_wordnet_hypernyms(cache_dir=False)
+    assert list(again["train"]["synset"]) == list(splits["train"]["synset"])
