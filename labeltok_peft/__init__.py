@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AdapterFormatError": "serialization",
+    "BackboneMismatchError": "serialization",
     "DEFAULT_ADAPTER_NAME": "model",
     "LabelAttention": "config",
     "LabelInit": "config",
@@ -23,6 +25,9 @@ _EXPORTS = {
     "encode_label": "data",
     "encode_labels": "data",
     "get_labeltok_model": "model",
+    "labeltok_pipeline": "pipeline",
+    "load_backbone": "quantization",
+    "prepare_kbit_training": "quantization",
     "make_compute_metrics": "metrics",
     "tokenize_function": "data",
     "validate_texts": "data",
@@ -35,6 +40,9 @@ if TYPE_CHECKING:
     from .data import encode_label, encode_labels, tokenize_function, validate_texts
     from .metrics import classification_metrics, make_compute_metrics
     from .model import DEFAULT_ADAPTER_NAME, LabelTokModel, get_labeltok_model
+    from .pipeline import labeltok_pipeline
+    from .quantization import load_backbone, prepare_kbit_training
+    from .serialization import AdapterFormatError, BackboneMismatchError
 
 
 def __getattr__(name: str) -> Any:

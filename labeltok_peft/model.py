@@ -412,16 +412,35 @@ class LabelTokModel(nn.Module):
         trainable, total = self.get_nb_trainable_parameters()
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
         """Turns on the backbone's gradient checkpointing (called by `Trainer` for `gradient_checkpointing=True`).
 
         The spliced `inputs_embeds` require grad through the label rows, so reentrant checkpointing works with a
         frozen backbone without `enable_input_require_grads`.
+
+        Args:
+            gradient_checkpointing_kwargs: passed to `torch.utils.checkpoint.checkpoint` (e.g. `use_reentrant`).
+            kwargs: further options of newer transformers (`every_n_layers`, `offload`), passed to the backbone.
         """
-        self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        base = self.base_model
+        if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
+            base.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kwargs: Any):
+        """The newer transformers name of `gradient_checkpointing_enable` (what `Trainer` calls there)."""
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
 
     def gradient_checkpointing_disable(self) -> None:
-        self.base_model.gradient_checkpointing_disable()
+        base = self.base_model
+        if hasattr(base, "activation_checkpointing_disable"):
+            base.activation_checkpointing_disable()
+        else:
+            base.gradient_checkpointing_disable()
+
+    def activation_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing_disable()
 
     @property
     def device(self) -> torch.device:

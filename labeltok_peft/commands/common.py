@@ -1,0 +1,233 @@
+"""What the train, evaluate and predict commands share: logging, the output folder guard, backbone and adapter
+loading, tokenization, the Trainer and clean error exits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("labeltok_peft")
+
+# Written by `labeltok train` beside the adapter: what evaluate/predict need to reproduce the training setup.
+RECIPE_SETTINGS_NAME = "labeltok_recipe.json"
+
+# Input errors exit with a one-line message; with this environment variable set they raise with a traceback.
+DEBUG_ENV = "LABELTOK_DEBUG"
+
+
+class OutputDirError(ValueError):
+    """The output folder already holds results that would be overwritten."""
+
+
+def setup_logging(training_args) -> None:
+    """Logs to stdout at the level `TrainingArguments` chooses for this process (main process: info)."""
+    import datasets
+    import transformers
+
+    level = training_args.get_process_log_level()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+    logger.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def guard_output_dir(path: str | os.PathLike, overwrite: bool, what: str = "--output_dir") -> None:
+    """Refuses to write into a folder (or over a file) that already holds results, unless `overwrite`.
+
+    Raises:
+        OutputDirError: naming the folder, a few of its files and the flag that allows it.
+    """
+    target = Path(path)
+    if overwrite or not target.exists():
+        return
+    if target.is_file():
+        raise OutputDirError(f"{what} {str(target)!r} already exists; pass --overwrite_output_dir to replace it.")
+    entries = sorted(entry.name for entry in target.iterdir())
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise OutputDirError(
+            f"{what} {str(target)!r} already holds files ({shown}), perhaps a trained adapter. Pass "
+            "--overwrite_output_dir to write into it anyway, or choose another folder."
+        )
+
+
+def wait_for_everyone(training_args) -> None:
+    """Barrier across processes (a no-op in a single process)."""
+    training_args.distributed_state.wait_for_everyone()
+
+
+def write_recipe_settings(output_dir: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """Writes `labeltok_recipe.json` (backbone name, columns, max length, thresholds) beside the adapter."""
+    path = Path(output_dir) / RECIPE_SETTINGS_NAME
+    path.write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def read_recipe_settings(adapter_path: str | os.PathLike) -> dict[str, Any]:
+    """Reads `labeltok_recipe.json` from an adapter folder; `{}` when it was not written by `labeltok train`."""
+    path = Path(adapter_path) / RECIPE_SETTINGS_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); train the adapter again or delete the file.") from None
+
+
+def stored_model_name(model_args) -> str:
+    """The backbone as written to `labeltok_recipe.json`: an absolute path for a local folder, else the name."""
+    path = Path(model_args.model_name_or_path).expanduser()
+    return str(path.resolve()) if path.is_dir() else model_args.model_name_or_path
+
+
+def load_backbone(model_args):
+    """Loads the backbone and tokenizer named by `ModelArguments`; returns `(backbone, tokenizer)`."""
+    from ..pretrained import load_backbone_and_tokenizer
+
+    return load_backbone_and_tokenizer(
+        model_args.model_name_or_path,
+        tokenizer_name=model_args.tokenizer_name,
+        precision=model_args.precision or "fp32",
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+    )
+
+
+def load_adapter_model(model_args, adapter_args) -> tuple[Any, dict[str, Any]]:
+    """Loads the backbone (from the flag, or the name recorded at training) and the trained adapter.
+
+    Returns:
+        `(model, settings)`: a `LabelTokModel` in eval mode and the adapter folder's recipe settings.
+    """
+    from ..model import LabelTokModel
+
+    if not adapter_args.adapter_path:
+        raise ValueError("--adapter_path is required: the folder written by `labeltok train` (its --output_dir).")
+    adapter_path = Path(adapter_args.adapter_path)
+    if not adapter_path.is_dir():
+        raise FileNotFoundError(
+            f"--adapter_path {str(adapter_path)!r} is not a folder; give the training --output_dir."
+        )
+    settings = read_recipe_settings(adapter_path)
+    if model_args.model_name_or_path is None:
+        model_args.model_name_or_path = settings.get("model_name_or_path") or _saved_backbone_name(adapter_path)
+        if model_args.model_name_or_path is None:
+            raise ValueError(
+                f"{adapter_path} does not record its backbone (no {RECIPE_SETTINGS_NAME}, no backbone name in the "
+                "adapter config); pass --model_name_or_path with the backbone the adapter was trained on."
+            )
+    model_args.precision = model_args.precision or settings.get("precision")
+    backbone, tokenizer = load_backbone(model_args)
+    model = LabelTokModel.from_pretrained(backbone, adapter_path, tokenizer=tokenizer)
+    return model, settings
+
+
+def _saved_backbone_name(adapter_path: Path) -> str | None:
+    """The backbone name `save_pretrained` recorded in the adapter config, if any."""
+    from ..serialization import CONFIG_NAME
+
+    path = adapter_path / CONFIG_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["backbone"]["name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def fit_max_length(requested: int, model, tokenizer) -> int:
+    """The text length to truncate to: `requested`, lowered to what fits beside the labels and in the tokenizer."""
+    limits = [requested]
+    if model.max_text_length() is not None:
+        limits.append(model.max_text_length())
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and model_max < 1_000_000:
+        limits.append(model_max - model.labeltok_config.num_labels)
+    length = min(limits)
+    if length < 1:
+        raise ValueError(f"No room for text beside {model.labeltok_config.num_labels} label tokens (limit {length}).")
+    if length < requested:
+        logger.warning("--max_seq_length %d lowered to %d so the label tokens fit.", requested, length)
+    return length
+
+
+def tokenize_splits(
+    splits, tokenizer, config, text_column: str, label_column: str | None, max_length: int, training_args
+):
+    """Tokenizes every split (the main process first, so caches are shared) and keeps only model inputs.
+
+    Splits without the label column are tokenized without labels.
+    """
+    from ..data import tokenize_function
+
+    tokenized = {}
+    with training_args.main_process_first(desc="tokenizing"):
+        for name, dataset in splits.items():
+            has_labels = label_column is not None and label_column in dataset.column_names
+            function = tokenize_function(
+                tokenizer, config, text_column, label_column if has_labels else None, max_length
+            )
+            tokenized[name] = dataset.map(
+                function,
+                batched=True,
+                with_indices=True,
+                remove_columns=dataset.column_names,
+                keep_in_memory=True,
+                desc=f"Tokenizing {name}",
+            )
+    return tokenized
+
+
+def make_trainer(
+    model,
+    training_args,
+    tokenizer,
+    train_dataset=None,
+    eval_dataset=None,
+    label_learning_rate: float | None = None,
+    head_learning_rate: float | None = None,
+):
+    """A `LabelTokTrainer` over a `LabelTokModel` with dynamic padding, offline metrics and per-group rates."""
+    from transformers import DataCollatorWithPadding
+
+    from ..metrics import make_compute_metrics
+    from ..trainer import LabelTokTrainer
+
+    return LabelTokTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=make_compute_metrics(model.labeltok_config.is_multi_label),
+        label_learning_rate=label_learning_rate,
+        head_learning_rate=head_learning_rate,
+    )
+
+
+def format_metrics(metrics: dict[str, float], keys: Sequence[str]) -> str:
+    """`"accuracy 0.9640 | macro_f1 0.9630"` for the keys present."""
+    return " | ".join(f"{key.split('_', 1)[1]} {metrics[key]:.4f}" for key in keys if key in metrics)
+
+
+def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
+    """Runs a command's `main`, turning input errors into a one-line message and exit status 1.
+
+    Set `LABELTOK_DEBUG=1` to see the full traceback instead.
+    """
+    # DataError, OutputDirError, ConfigFileError and the library's own input checks are ValueErrors; missing files
+    # and models are OSErrors.
+    user_errors = (ValueError, TypeError, KeyError, OSError)
+    try:
+        main(argv)
+    except user_errors as error:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"error: {message}", file=sys.stderr)
+        print(f"(set {DEBUG_ENV}=1 for the full traceback)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,261 @@
+"""The train/evaluate/predict commands end to end on a tiny saved backbone, the CLI, YAML configs and bad input."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from recipe_data import LABELS, make_rows, save_tiny_backbone, write_rows
+
+from labeltok_peft import cli
+from labeltok_peft.arguments import TRAIN_ARGUMENTS, ConfigFileError, parse_recipe_args
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--lora_r", "4", "--learning_rate", "5e-3"]
+QUICK += ["--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipes")
+    save_tiny_backbone(root / "tiny")
+    write_rows(make_rows(40, seed=0), root / "train.csv")
+    write_rows(make_rows(10, seed=1), root / "dev.csv")
+    write_rows(make_rows(40, seed=2, multi_label=True), root / "train_multi.jsonl")
+    write_rows(make_rows(10, seed=3, multi_label=True), root / "dev_multi.jsonl")
+    return root
+
+
+def run(*argv: str) -> int:
+    return cli.main([str(arg) for arg in argv])
+
+
+def train_args(workspace: Path, output_dir: Path, *extra: str) -> list[str]:
+    return ["train", "--model_name_or_path", workspace / "tiny", "--train_file", workspace / "train.csv",
+            "--validation_file", workspace / "dev.csv", "--output_dir", output_dir, *QUICK, *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    """A single-label adapter trained once for the evaluate/predict/pipeline tests."""
+    output_dir = workspace / "adapter"
+    assert run(*train_args(workspace, output_dir)) == 0
+    return output_dir
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+# ------------------------------------------------------------------------------------------------ happy paths
+
+
+def test_train_writes_adapter_metrics_report_and_headline(trained, capsys):
+    results = read_json(trained / "eval_results.json")
+    assert {"eval_accuracy", "eval_macro_f1", "eval_micro_f1", "eval_loss"} <= set(results)
+    assert 0.0 <= results["eval_accuracy"] <= 1.0
+    assert (trained / "labeltok_config.json").is_file()
+    assert read_json(trained / "train_results.json")["epoch"] == 2.0
+    settings = read_json(trained / "labeltok_recipe.json")
+    assert settings["model_name_or_path"] == str((trained.parent / "tiny").resolve())
+    assert settings["max_seq_length"] == 64 - len(LABELS)  # 128 lowered to what fits beside the labels
+    report = (trained / "report.md").read_text()
+    assert "| label | precision | recall | F1 | support |" in report
+    for plot in ("validation_f1.png", "validation_confusion.png"):
+        assert (trained / plot).stat().st_size > 1000
+
+
+def test_evaluate_reloads_the_adapter_and_reproduces_the_training_metrics(trained, tmp_path, capsys):
+    assert run("evaluate", "--adapter_path", trained, "--validation_file", trained.parent / "dev.csv",
+               "--output_dir", tmp_path / "eval") == 0  # fmt: skip
+    evaluated = read_json(tmp_path / "eval" / "eval_results.json")
+    at_training = read_json(trained / "eval_results.json")
+    for key in ("eval_accuracy", "eval_macro_f1", "eval_micro_f1", "eval_loss"):
+        assert evaluated[key] == pytest.approx(at_training[key], abs=1e-6)
+    assert (tmp_path / "eval" / "report.md").is_file()
+    assert "[labeltok] eval: accuracy" in capsys.readouterr().out
+
+
+def test_predict_texts_and_file_to_jsonl_and_csv(trained, tmp_path, capsys):
+    texts = ["the team won the match", "bank profit and market shares"]
+    assert run("predict", "--adapter_path", trained, "--texts", *texts, "--output_dir", tmp_path / "p") == 0
+    rows = [json.loads(line) for line in (tmp_path / "p" / "predictions.jsonl").read_text().splitlines()]
+    assert [row["text"] for row in rows] == texts
+    for row in rows:
+        assert row["label"] in LABELS
+        assert sum(row["scores"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert row["score"] == max(row["scores"].values())
+    out_csv = tmp_path / "predictions.csv"
+    assert run("predict", "--adapter_path", trained, "--test_file", trained.parent / "dev.csv",
+               "--output_file", out_csv) == 0  # fmt: skip
+    with out_csv.open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == 40
+    assert list(table[0]) == ["text", "label", "score"] + [f"p_{label}" for label in LABELS]
+
+
+def test_pipeline_on_a_loaded_adapter_matches_predict(trained):
+    import transformers
+
+    from labeltok_peft.model import LabelTokModel
+    from labeltok_peft.pipeline import labeltok_pipeline
+    from labeltok_peft.pretrained import load_backbone_and_tokenizer
+
+    backbone, tokenizer = load_backbone_and_tokenizer(str(trained.parent / "tiny"))
+    model = LabelTokModel.from_pretrained(backbone, trained, tokenizer=tokenizer)
+    classifier = labeltok_pipeline(model)
+    assert isinstance(classifier, transformers.TextClassificationPipeline)
+    texts = ["the team won the match", "phone software chip network", " ".join(["market"] * 200)]
+    expected = model.predict(texts, max_length=model.max_text_length())
+    top = classifier(texts)
+    assert [row["label"] for row in top] == [row["label"] for row in expected]
+    assert [row["score"] for row in top] == pytest.approx([row["score"] for row in expected], abs=1e-5)
+    everything = classifier(texts[0], top_k=None)
+    assert sorted(row["label"] for row in everything) == sorted(LABELS)
+    # The one-line alternative with the standard factory: wrap the model, then pipeline() as usual.
+    from labeltok_peft.pipeline import LabelTokPipelineModel
+
+    factory = transformers.pipeline("text-classification", model=LabelTokPipelineModel(model), tokenizer=tokenizer)
+    assert factory(texts[:2])[0]["label"] == expected[0]["label"]
+
+
+def test_multi_label_training_tunes_thresholds_used_by_predict(workspace, tmp_path):
+    out = tmp_path / "multi"
+    assert run("train", "--model_name_or_path", workspace / "tiny", "--train_file", workspace / "train_multi.jsonl",
+               "--validation_file", workspace / "dev_multi.jsonl", "--output_dir", out, "--precision", "bf16",
+               *QUICK) == 0  # fmt: skip
+    results = read_json(out / "eval_results.json")
+    assert {"eval_accuracy", "eval_macro_f1", "eval_micro_f1", "eval_subset_accuracy"} <= set(results)
+    settings = read_json(out / "labeltok_recipe.json")
+    assert settings["precision"] == "bf16"  # evaluate/predict load the backbone the same way
+    thresholds = settings["thresholds"]
+    assert len(thresholds) == len(LABELS) and all(0 < t < 1 for t in thresholds)
+    assert read_json(out / "labeltok_config.json")["labeltok_config"]["problem_type"] == "multi_label_classification"
+    assert run("predict", "--adapter_path", out, "--texts", "the team won", "--threshold", "0.0") == 0
+    row = json.loads((out / "predictions" / "predictions.jsonl").read_text())
+    assert row["labels"] == list(row["scores"])  # threshold 0 selects every label
+
+
+def test_yaml_config_end_to_end_with_flag_overrides(workspace, tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        f"model_name_or_path: {workspace / 'tiny'}\ntrain_file: {workspace / 'train.csv'}\n"
+        f"output_dir: {tmp_path / 'from_yaml'}\nnum_train_epochs: 5\nmax_steps: 2\nlabels: [{', '.join(LABELS)}]\n"
+        "learning_rate: 1e-3\nlogging_steps: 1\nsave_strategy: 'no'\n"
+    )
+    out = tmp_path / "from_flags"
+    assert run("train", "--config", config, "--output_dir", out, "--max_steps", "3") == 0
+    assert not (tmp_path / "from_yaml").exists()
+    assert read_json(out / "trainer_state.json")["global_step"] == 3
+    assert (out / "validation_f1.png").is_file()  # no validation file: a stratified split was made
+
+
+def test_report_to_tensorboard(workspace, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    assert (
+        run(*train_args(workspace, out, "--max_steps", "2", "--logging_steps", "1", "--report_to", "tensorboard")) == 0
+    )
+    assert list(out.glob("runs/*/events.out.tfevents.*")), "TensorBoard wrote no event file"
+
+
+def test_yaml_values_are_typed_and_flags_win(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rate: 1e-3\nnum_train_epochs: 4\nlabels: [b, a]\nlora_r: 0\noutput_dir: x\n")
+    model_args, data_args, labeltok_args, training_args = parse_recipe_args(
+        TRAIN_ARGUMENTS, ["--config", str(config), "--num_train_epochs", "2"]
+    )
+    assert training_args.learning_rate == 1e-3  # YAML reads '1e-3' as a string; the flag's type converts it
+    assert training_args.num_train_epochs == 2
+    assert labeltok_args.labels == ["b", "a"] and labeltok_args.lora_kwargs() is None
+    assert training_args.label_names == ["labels"] and training_args.average_tokens_across_devices is False
+
+
+def test_help_is_for_newcomers(capsys):
+    assert cli.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for needle in ("train", "evaluate", "predict", "recipes/configs/bbc_news.yaml", "--train_file"):
+        assert needle in text
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "Quick start" in text and "--label_learning_rate" in text and "--overwrite_output_dir" in text
+
+
+def test_recipe_script_runs_with_plain_python(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "recipes" / "predict.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--adapter_path" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def expect_error(capsys, argv: list, message: str) -> None:
+    assert run(*argv) == 1
+    error = capsys.readouterr().err
+    assert message in error, error
+    assert "Traceback" not in error
+
+
+def test_missing_empty_and_columnless_files(workspace, tmp_path, capsys):
+    base = ["train", "--model_name_or_path", workspace / "tiny", "--output_dir", tmp_path / "out"]
+    expect_error(capsys, [*base, "--train_file", tmp_path / "nope.csv"], "--train_file")
+    (tmp_path / "empty.csv").write_text("")
+    expect_error(capsys, [*base, "--train_file", tmp_path / "empty.csv"], "is empty")
+    write_rows([{"sentence": "a b", "label": "x"}] * 4, tmp_path / "cols.csv")
+    expect_error(capsys, [*base, "--train_file", tmp_path / "cols.csv"], "no column 'text'")
+    (tmp_path / "bad.jsonl").write_text('{"text": "a b", "label": 0.25}\n{"text": "c d", "label": 0.75}\n')
+    expect_error(capsys, [*base, "--train_file", tmp_path / "bad.jsonl"], "fits neither single-label")
+    expect_error(capsys, [*base, "--train_file", workspace / "train.csv", "--model_name_or_path", tmp_path / "none"],
+                 "does not exist")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_yaml_key_is_named(workspace, tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text("learning_rat: 0.001\nnum_train_epochs: 1\n")
+    expect_error(capsys, ["train", "--config", config], "'learning_rat' (did you mean 'learning_rate'?)")
+    with pytest.raises(ConfigFileError, match="does not exist"):
+        parse_recipe_args(TRAIN_ARGUMENTS, ["--config", str(tmp_path / "missing.yaml")])
+    config.write_text("- a list\n- not a mapping\n")
+    with pytest.raises(ConfigFileError, match="must be a YAML mapping"):
+        parse_recipe_args(TRAIN_ARGUMENTS, ["--config", str(config)])
+
+
+def test_existing_adapter_is_not_destroyed_without_overwrite(workspace, trained, capsys):
+    before = folder_digest(trained)
+    expect_error(capsys, train_args(workspace, trained), "--overwrite_output_dir")
+    assert folder_digest(trained) == before
+
+
+def test_adapter_from_another_task_is_refused(trained, tmp_path, capsys):
+    other = write_rows([{"text": "film actor award", "label": "film"}, {"text": "music star", "label": "music"}],
+                       tmp_path / "other.csv")  # fmt: skip
+    expect_error(capsys, ["evaluate", "--adapter_path", trained, "--validation_file", other, "--output_dir",
+                          tmp_path / "e"], "not among the 4 labels of the adapter")  # fmt: skip
+    expect_error(capsys, ["evaluate", "--adapter_path", tmp_path, "--validation_file", other], "--model_name_or_path")
+    expect_error(capsys, ["predict", "--adapter_path", tmp_path / "missing", "--texts", "x"], "is not a folder")
+
+
+def test_overwrite_output_dir_allows_retraining(workspace, trained, tmp_path):
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert run(*train_args(workspace, out, "--max_steps", "1", "--overwrite_output_dir")) == 0
+    assert (out / "labeltok_config.json").is_file()
+    assert (out / "notes.txt").read_text() == "keep me"  # writing into the folder, not wiping it
