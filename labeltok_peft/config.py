@@ -88,8 +88,9 @@ class LabelTokConfig:
     label_init: LabelInit | str = field(
         default=LabelInit.LABEL_TEXT,
         metadata={
-            "help": "How label rows start: 'label_text' (mean embedding of the label's text or description), "
-            "'cls' (the first special token's embedding), 'vocab_mean' (mean of all token embeddings) or 'random'."
+            "help": "How label rows start: 'label_text' (mean embedding of the label's text or description; best "
+            "measured, see docs/benchmarks_bbc_news.md), 'vocab_mean' (mean of all token embeddings), 'random', or "
+            "'cls' (the first special token's embedding: every row starts identical and learns slowly)."
         },
     )
     label_descriptions: dict[str, str] | None = field(
