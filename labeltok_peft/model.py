@@ -114,20 +114,22 @@ class LabelTokModel(nn.Module):
         if adapter_name in self.labeltok_configs:
             raise ValueError(f"An adapter named {adapter_name!r} already exists; pick another name or delete it first.")
         self._check_positions(config)
+        lora_config = LoraConfig(**config.lora) if config.lora is not None else None
         embeddings = self.base_model.get_input_embeddings()
         table = initial_label_table(config, embeddings, self.tokenizer)
-        self.label_tables[adapter_name] = nn.Parameter(table.to(torch.float32))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.init_seed)
             head = LabelHead(self.backbone_info.hidden_size, config.num_labels, config.per_label_bias)
+        if lora_config is not None:
+            # LoRA goes first: it is the only step that can still fail (no module matches target_modules), and
+            # then nothing of the adapter has been added.
+            self._add_lora(adapter_name, lora_config)
+        self.label_tables[adapter_name] = nn.Parameter(table.to(torch.float32))
         self.heads[adapter_name] = head.to(embeddings.weight.device)
-        if config.lora is not None:
-            self._add_lora(adapter_name, config.lora)
         self.labeltok_configs[adapter_name] = config
         self.set_adapter(adapter_name)
 
-    def _add_lora(self, adapter_name: str, lora_kwargs: dict[str, Any]) -> None:
-        lora_config = LoraConfig(**lora_kwargs)
+    def _add_lora(self, adapter_name: str, lora_config: LoraConfig) -> None:
         if isinstance(self.backbone, PeftModel):
             self.backbone.add_adapter(adapter_name, lora_config)
         else:

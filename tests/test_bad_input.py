@@ -146,3 +146,15 @@ def test_decoder_without_pad_token_is_handled():
 def test_label_text_init_without_tokenizer():
     with pytest.raises(ValueError, match="needs the backbone's tokenizer"):
         get_labeltok_model(tiny_backbone("bert"), LabelTokConfig(labels=LABELS))
+
+
+def test_failed_adapter_adds_nothing():
+    tokenizer = tokenizer_for("bert")
+    model = get_labeltok_model(tiny_backbone("bert"), LabelTokConfig(labels=LABELS, lora={"r": 4}), tokenizer=tokenizer)
+    bad = LabelTokConfig(labels=["x", "y"], lora={"r": 4, "target_modules": ["no_such_module"]})
+    with pytest.raises(ValueError, match="no_such_module"):
+        model.add_adapter("second", bad)
+    assert model.adapters == ["default"]
+    assert set(model.label_tables) == {"default"} and set(model.heads) == {"default"}
+    assert model.active_adapter == "default"
+    assert model(**tokenizer(["team won"], return_tensors="pt")).logits.shape == (1, len(LABELS))
