@@ -56,12 +56,31 @@ def _label_id(value: Any, config: LabelTokConfig, row: int) -> int:
     raise TypeError(f"Row {row} has label {value!r} of type {type(value).__name__}; expected a label name or id.")
 
 
-def encode_label(value: Any, config: LabelTokConfig, row: int = 0) -> int | list[float]:
+# How a multi-label row of integers is read when that cannot be told from the row itself.
+MULTI_LABEL_LIST_FORMATS = ("ids", "multi_hot")
+
+
+def encode_label(value: Any, config: LabelTokConfig, row: int = 0, list_format: str | None = None) -> int | list[float]:
     """Encodes one row's label: a class id (single-label) or a multi-hot float list (multi-label).
 
     Single-label rows take a label name, a label id, or a one-element list of either. Multi-label rows take a list
     of label names or ids, a single name or id, or a multi-hot list of `num_labels` numbers.
+
+    A list of numbers is multi-hot when it holds floats, or exactly `num_labels` zeros and ones; otherwise it holds
+    label ids. With two labels, a list of two integer zeros and ones reads both ways (`[0, 1]` is "both labels" as
+    ids and "the second label" as multi-hot), so it is refused unless `list_format` says which.
+
+    Args:
+        value: the row's label.
+        config: the adapter config (labels and problem type).
+        row: the row's number in the caller's data, for messages.
+        list_format: `"ids"` or `"multi_hot"` to fix how integer lists are read; `None` infers it per row.
+
+    Returns:
+        A class id (single-label) or a `[num_labels]` list of floats (multi-label).
     """
+    if list_format not in (None, *MULTI_LABEL_LIST_FORMATS):
+        raise ValueError(f"list_format must be one of {MULTI_LABEL_LIST_FORMATS} or None; got {list_format!r}.")
     if value is None:
         raise ValueError(f"Row {row} has no label (None); every training row needs a label.")
     is_list = isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str))
@@ -78,9 +97,7 @@ def encode_label(value: Any, config: LabelTokConfig, row: int = 0) -> int | list
         return _label_id(value, config, row)
     if not is_list:
         value = [value]
-    # A row of numbers is multi-hot when it holds floats, or exactly num_labels zeros and ones; otherwise ids.
-    numeric = bool(value) and all(isinstance(v, numbers.Real) for v in value)
-    if numeric and (any(isinstance(v, float) for v in value) or (len(value) == config.num_labels and set(value) <= {0, 1})):
+    if _reads_as_multi_hot(value, config, row, list_format):
         if len(value) != config.num_labels or not all(0.0 <= float(v) <= 1.0 for v in value):
             raise ValueError(
                 f"Row {row} has a multi-hot label {value!r} of width {len(value)}, but the adapter has "
@@ -94,9 +111,31 @@ def encode_label(value: Any, config: LabelTokConfig, row: int = 0) -> int | list
     return multi_hot
 
 
-def encode_labels(values: Sequence[Any], config: LabelTokConfig, first_row: int = 0) -> list[int | list[float]]:
+def _reads_as_multi_hot(value: list, config: LabelTokConfig, row: int, list_format: str | None) -> bool:
+    numeric = bool(value) and all(isinstance(v, numbers.Real) for v in value)
+    if not numeric:
+        return False
+    if any(isinstance(v, (float, bool)) for v in value):  # never label ids
+        return True
+    zeros_and_ones = len(value) == config.num_labels and set(value) <= {0, 1}
+    if list_format is not None:
+        return list_format == "multi_hot"
+    if zeros_and_ones and config.num_labels == 2:
+        as_ids = [config.labels[v] for v in value]
+        as_multi_hot = [label for label, v in zip(config.labels, value, strict=True) if v]
+        raise ValueError(
+            f"Row {row} has label {value!r}, which reads two ways for a 2-label multi-label adapter: as label ids "
+            f"({as_ids}) or as a multi-hot vector ({as_multi_hot}). Write label names, or floats for multi-hot "
+            "([0.0, 1.0]), or pass list_format='ids' or list_format='multi_hot'."
+        )
+    return zeros_and_ones
+
+
+def encode_labels(
+    values: Sequence[Any], config: LabelTokConfig, first_row: int = 0, list_format: str | None = None
+) -> list[int | list[float]]:
     """Encodes a column of labels with `encode_label`, naming the first bad row in errors."""
-    return [encode_label(value, config, first_row + offset) for offset, value in enumerate(values)]
+    return [encode_label(value, config, first_row + offset, list_format) for offset, value in enumerate(values)]
 
 
 def check_labels_tensor(labels: torch.Tensor, num_labels: int, multi_label: bool) -> torch.Tensor:
@@ -127,7 +166,14 @@ def check_labels_tensor(labels: torch.Tensor, num_labels: int, multi_label: bool
     return labels.long()
 
 
-def tokenize_function(tokenizer, config: LabelTokConfig, text_column: str, label_column: str | None, max_length: int):
+def tokenize_function(
+    tokenizer,
+    config: LabelTokConfig,
+    text_column: str,
+    label_column: str | None,
+    max_length: int,
+    list_format: str | None = None,
+):
     """Returns a batched `datasets.Dataset.map` function that checks, tokenizes and encodes a split.
 
     Args:
@@ -137,6 +183,7 @@ def tokenize_function(tokenizer, config: LabelTokConfig, text_column: str, label
         label_column: column holding the labels, or `None` for unlabeled data.
         max_length: texts are truncated to this many tokens (leave room for the labels; see
             `LabelTokModel.max_text_length`).
+        list_format: how multi-label integer lists are read (`"ids"` or `"multi_hot"`; see `encode_label`).
     """
 
     def tokenize(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
@@ -148,7 +195,7 @@ def tokenize_function(tokenizer, config: LabelTokConfig, text_column: str, label
         if label_column is not None:
             if label_column not in batch:
                 raise KeyError(f"No label column {label_column!r}; the data has columns {sorted(batch)}.")
-            encoded["labels"] = encode_labels(batch[label_column], config, first_row)
+            encoded["labels"] = encode_labels(batch[label_column], config, first_row, list_format)
         return dict(encoded)
 
     return tokenize

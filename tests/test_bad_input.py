@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_backbone, tokenizer_for
+from conftest import WORDS, tiny_backbone, tokenizer_for
 from torch import nn
 
-from labeltok_peft import LabelTokConfig, encode_label, get_labeltok_model, validate_texts
+from labeltok_peft import LabelTokConfig, encode_label, get_labeltok_model, tokenize_function, validate_texts
 
 LABELS = ["sport", "business", "film"]
 
@@ -59,6 +59,33 @@ def test_multi_hot_of_wrong_width():
         encode_label([1.0, 0.0], config, row=3)
     assert encode_label([0, 1, 1], config) == [0.0, 1.0, 1.0]
     assert encode_label(["sport", "film"], config) == [1.0, 0.0, 1.0]
+
+
+def test_two_label_integer_list_is_refused_as_ambiguous():
+    config = LabelTokConfig(labels=["negative", "positive"], problem_type="multi_label_classification")
+    both_readings = r"Row 4 .*reads two ways.*\['negative', 'positive'\].*\['positive'\].*list_format"
+    with pytest.raises(ValueError, match=both_readings):
+        encode_label([0, 1], config, row=4)
+    # The caller says which reading is meant, and gets it.
+    assert encode_label([0, 1], config, list_format="ids") == [1.0, 1.0]
+    assert encode_label([0, 1], config, list_format="multi_hot") == [0.0, 1.0]
+    # Unambiguous rows still need no hint: floats and booleans are multi-hot, names and single ids are ids.
+    assert encode_label([0.0, 1.0], config) == [0.0, 1.0]
+    assert encode_label([True, False], config) == [1.0, 0.0]
+    assert encode_label(["negative", "positive"], config) == [1.0, 1.0]
+    assert encode_label([1], config) == [0.0, 1.0]
+    with pytest.raises(ValueError, match="list_format must be one of"):
+        encode_label([1], config, list_format="multihot")
+
+
+def test_tokenize_function_passes_the_list_format_on(encoder_tokenizer):
+    tokenizer = encoder_tokenizer
+    config = LabelTokConfig(labels=["negative", "positive"], problem_type="multi_label_classification")
+    batch = {"text": [WORDS[0], WORDS[1]], "label": [[0, 1], [1]]}
+    with pytest.raises(ValueError, match="reads two ways"):
+        tokenize_function(tokenizer, config, "text", "label", 16)(batch, [0, 1])
+    encoded = tokenize_function(tokenizer, config, "text", "label", 16, list_format="ids")(batch, [0, 1])
+    assert encoded["labels"] == [[1.0, 1.0], [0.0, 1.0]]
 
 
 def test_multi_hot_tensor_of_wrong_width_in_forward():
