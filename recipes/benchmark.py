@@ -26,8 +26,12 @@ core` runs CORE_METHODS: the four peers, the default adapter with and without Lo
 `--seed` is the training seed (initialisation, data order, dropout); `--seeds 0,1,2` runs every method once per
 seed and reports medians with min–max. The data sample and split use `--data_seed` and stay fixed.
 
-Writes <output_dir>/<dataset>/results.json (settings, environment, every run, medians with min/max) and
-results.md; recipes/make_benchmarks_md.py turns them into BENCHMARKS.md.
+Each finished (method, seed) is saved at once as <output_dir>/<dataset>/runs/<method>@seed<k>.json, with the
+settings it ran under. A rerun with the same settings skips what is saved (so a stopped run resumes, and several
+processes can share one dataset by taking different methods or seeds). After each dataset, every saved run with the
+same settings is gathered into <output_dir>/<dataset>/results.json (settings, environment, every run, medians with
+min/max) and results.md; `--collect` gathers without training. recipes/make_benchmarks_md.py turns them into
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -99,6 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--in_process", action="store_true", help="run everything in this process (debugging; CPU memory not reported)"
     )
     parser.add_argument("--output_dir", default="outputs/benchmark")
+    parser.add_argument(
+        "--collect", action="store_true", help="only gather the saved runs into results.json (no training)"
+    )
+    parser.add_argument(
+        "--rerun", action="store_true", help="train again even where a run with these settings is saved"
+    )
     args = parser.parse_args(argv)
     args.model = args.model or minilm_path()
     args.seed_list = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [args.seed]
@@ -144,6 +154,48 @@ def add_peer_ratios(runs: dict[str, dict[int, dict]], peer: str | None) -> None:
             row["throughput_ratio"] = row["eval_rows_per_second"] / reference["eval_rows_per_second"]
 
 
+# Settings that change a run's numbers; saved runs are reused and gathered only where all of them match.
+RUN_SETTINGS = (
+    "model",
+    "epochs",
+    "max_length",
+    "batch_size",
+    "learning_rate",
+    "label_learning_rate",
+    "full_learning_rate",
+    "warmup_ratio",
+    "lora_r",
+    "per_label",
+    "data_seed",
+    "threads",
+)
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    return {key: getattr(args, key) for key in RUN_SETTINGS}
+
+
+def run_file(output_dir: Path, spec: str, seed: int) -> Path:
+    return output_dir / "runs" / f"{spec.replace(':', '+').replace('/', '_')}@seed{seed}.json"
+
+
+def saved_runs(output_dir: Path, settings: dict) -> tuple[dict[str, dict[int, dict]], list[str]]:
+    """Every saved (method, seed) of `output_dir` that ran with `settings`.
+
+    Returns:
+        `{spec: {seed: row}}` and the distinct commands that produced them.
+    """
+    runs: dict[str, dict[int, dict]] = {}
+    commands: list[str] = []
+    for path in sorted((output_dir / "runs").glob("*.json")):
+        saved = json.loads(path.read_text())
+        if saved["settings"] == settings:
+            runs.setdefault(saved["spec"], {})[saved["seed"]] = saved["row"]
+            if saved["command"] not in commands:
+                commands.append(saved["command"])
+    return runs, commands
+
+
 def benchmark_dataset(dataset: str, args: argparse.Namespace) -> dict:
     args.dataset = dataset
     output_dir = Path(args.output_dir) / dataset
@@ -156,20 +208,32 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace) -> dict:
         "multi_label": multi_label,
     }
     print(f"{dataset}: {data_info}", flush=True)
-    runs: dict[str, dict[int, dict]] = {spec: {} for spec in args.method_list}
-    for seed in args.seed_list:
+    settings = run_settings(args)
+    for seed in [] if args.collect else args.seed_list:
         for spec in args.method_list:
+            path = run_file(output_dir, spec, seed)
+            if path.exists() and not args.rerun and json.loads(path.read_text())["settings"] == settings:
+                print(f"--- {dataset} seed={seed} {spec}: saved in {path}, skipped", flush=True)
+                continue
             print(f"--- {dataset} seed={seed} {spec}", flush=True)
-            runs[spec][seed] = run_one(spec, seed, args)
-            print(json.dumps(runs[spec][seed]), flush=True)
-    peer = next((spec for spec in args.method_list if parse_method(spec)[0] == PEER), None)
+            row = run_one(spec, seed, args)
+            print(json.dumps(row), flush=True)
+            if "error" not in row:
+                path.parent.mkdir(exist_ok=True)
+                record = {"spec": spec, "seed": seed, "settings": settings, "command": command_line(), "row": row}
+                partial = path.with_suffix(".partial")
+                partial.write_text(json.dumps(record, indent=1))
+                partial.replace(path)  # a killed run leaves no half-written result
+    saved, commands = saved_runs(output_dir, settings)
+    order = list(args.method_list) + sorted(spec for spec in saved if spec not in args.method_list)
+    runs = {spec: dict(sorted(saved[spec].items())) for spec in order if spec in saved}
+    peer = PEER if PEER in runs else None
     add_peer_ratios(runs, peer)
-    settings = {key: value for key, value in vars(args).items() if key not in ("seed_list", "datasets", "method_list")}
     result = {
         "dataset": dataset,
         "data": data_info,
-        "command": command_line(),
-        "settings": settings,
+        "command": " ; ".join(commands) or command_line(),
+        "settings": dict(settings, seeds=sorted({seed for per_seed in runs.values() for seed in per_seed})),
         "environment": environment_info(args.threads),
         "peer": peer,
         "runs": {spec: {str(seed): row for seed, row in per_seed.items()} for spec, per_seed in runs.items()},

@@ -32,7 +32,7 @@ def minilm_path() -> str:
 
 # The options each method takes in a spec such as `labeltok:init=cls:lora=0`.
 METHOD_OPTIONS = {
-    "peft_lora_seq_cls": {"lr"},
+    "peft_lora_seq_cls": {"lr", "head_lr"},
     "linear_probe": {"C"},
     "full_ft_seq_cls": {"lr"},
     "full_ft_labeltok": {"init", "lr"},

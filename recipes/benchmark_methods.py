@@ -159,7 +159,16 @@ def run_peft_lora_seq_cls(options: dict[str, str], data, args, seed: int) -> tup
         sequence_classifier(args, labels, multi_label), LoraConfig(task_type="SEQ_CLS", **lora_kwargs(args))
     )
     learning_rate = float(options.get("lr", args.learning_rate))
-    return train_and_evaluate(model, tokenizer, data, args, seed, learning_rate), model
+    optimizer = None
+    if "head_lr" in options:  # fairness control: the peer's head at the rate label tokens give their table
+        trainable = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
+        head = [parameter for name, parameter in trainable if "classifier" in name]
+        rest = [parameter for name, parameter in trainable if "classifier" not in name]
+        if not head:
+            raise ValueError("head_lr: the peer has no trainable 'classifier' parameters to give that rate.")
+        groups = [{"params": rest}, {"params": head, "lr": float(options["head_lr"])}]
+        optimizer = torch.optim.AdamW(groups, lr=learning_rate, weight_decay=0.0)
+    return train_and_evaluate(model, tokenizer, data, args, seed, learning_rate, optimizer), model
 
 
 def run_full_ft_seq_cls(options: dict[str, str], data, args, seed: int) -> tuple[dict, nn.Module]:
