@@ -30,6 +30,17 @@ ROOT = RECIPES.parent
 
 _SMOKE = ["--per_label", "6", "--epochs", "1", "--batch_size", "8", "--max_length", "64", "--threads", "1"]
 
+_CORE_SETTINGS = ["--epochs", "3", "--threads", "1"]
+_CORE_SEED0_METHODS = (
+    "peft_lora_seq_cls,labeltok,labeltok:attention=isolated:positions=shared,linear_probe,"
+    "peft_lora_seq_cls:head_lr=5e-2,full_ft_seq_cls,full_ft_labeltok"
+)
+# Table order: the peers first, then the adapters.
+_CORE_TABLE_ORDER = (
+    "peft_lora_seq_cls,peft_lora_seq_cls:head_lr=5e-2,linear_probe,full_ft_seq_cls,full_ft_labeltok,labeltok,"
+    "labeltok:attention=isolated:positions=shared,labeltok:positions=shared"
+)
+
 # The runs behind BENCHMARKS.md. `smoke` checks the pipeline end to end in minutes; its numbers mean nothing.
 PRESETS = {
     "full": [
@@ -44,10 +55,18 @@ PRESETS = {
         ],
         ["benchmark_scaling.py"],
     ],
-    # The peers and main variants only (recipes/benchmark.py --methods core), about 40% of the full run's CPU time.
+    # What BENCHMARKS.md shows (about 10 CPU-hours on 2 cores): every method for seed 0 on all three datasets, the
+    # LoRA peer and the two main adapters for seeds 1 and 2 where time allowed, and the ablation that settled the
+    # default positions. Saved runs are skipped, so the commands can run in parallel processes and resume.
     "core": [
-        ["benchmark.py", "--dataset", "bbc_news,wordnet_lexnames,wordnet_hypernyms", "--methods", "core"]
-        + ["--seeds", "0,1,2", "--epochs", "3"],
+        ["benchmark.py", "--dataset", "wordnet_lexnames,bbc_news,wordnet_hypernyms", "--seeds", "0", *_CORE_SETTINGS]
+        + ["--methods", _CORE_SEED0_METHODS],
+        ["benchmark.py", "--dataset", "wordnet_lexnames,bbc_news", "--seeds", "0,1,2", *_CORE_SETTINGS]
+        + ["--methods", "peft_lora_seq_cls,labeltok,labeltok:attention=isolated:positions=shared"],
+        ["benchmark.py", "--dataset", "wordnet_lexnames", "--seeds", "0,1", *_CORE_SETTINGS]
+        + ["--methods", "labeltok:positions=shared"],
+        ["benchmark.py", "--dataset", "wordnet_lexnames,bbc_news,wordnet_hypernyms", "--collect", *_CORE_SETTINGS]
+        + ["--methods", _CORE_TABLE_ORDER],
         ["benchmark_scaling.py"],
     ],
     "smoke": [
@@ -84,7 +103,10 @@ DATASET_NOTES = {
     "accuracy is subset accuracy (all labels of a row right).",
 }
 QUALITY_FIELDS = ("accuracy", "macro_f1", "micro_f1", "subset_accuracy")
-DEFAULT_LABELTOK = "labeltok:init=label_text"
+# The spec that runs the library's default adapter (`labeltok` with no options); older result files named it by its
+# initialisation.
+DEFAULT_LABELTOK_SPECS = ("labeltok", "labeltok:init=label_text")
+FINDINGS = ROOT / "docs" / "benchmarks" / "findings.md"
 
 
 # --------------------------------------------------------------------------------------------------- summaries
@@ -211,11 +233,7 @@ def targets_section(results: list[dict], scalings: list[dict]) -> list[str]:
     lines = []
     for result in results:
         summary, peer = result["summary"], result.get("peer")
-        default = (
-            DEFAULT_LABELTOK
-            if DEFAULT_LABELTOK in summary
-            else next((s for s in summary if s.startswith("labeltok")), None)
-        )
+        default = next((spec for spec in DEFAULT_LABELTOK_SPECS if spec in summary), None)
         if peer is None or default is None or summary[default]["seeds"] == 0 or summary[peer]["seeds"] == 0:
             continue
         ours, theirs = summary[default], summary[peer]
@@ -314,7 +332,16 @@ def _environment_lines(environment: dict) -> list[str]:
     return lines
 
 
-def render(results_dir: Path, output: Path, plots_dir: Path) -> str:
+def render(results_dir: Path, output: Path, plots_dir: Path, findings: Path | None = None) -> str:
+    """Writes the benchmark document from the result files under `results_dir`.
+
+    Args:
+        results_dir: folder with `<dataset>/results.json` and `scaling_*.json`.
+        output: the markdown file to write.
+        plots_dir: where the PNG plots go.
+        findings: a hand-written markdown file (what the numbers mean, what was not run) put after the title, so
+            re-rendering never drops it; skipped when `None` or missing.
+    """
     order = {name: index for index, name in enumerate(DATASET_NOTES)}
     paths = sorted(results_dir.glob("*/results.json"), key=lambda path: (order.get(path.parent.name, len(order)), path))
     results = [json.loads(path.read_text()) for path in paths]
@@ -329,9 +356,10 @@ def render(results_dir: Path, output: Path, plots_dir: Path) -> str:
     regenerate = "python recipes/make_benchmarks_md.py --run" + (f" {preset}" if preset not in (None, "full") else "")
     plots_dir.mkdir(parents=True, exist_ok=True)
     relative = lambda path: path.resolve().relative_to(output.resolve().parent).as_posix()  # noqa: E731
-    lines = [
-        "# Benchmarks",
-        "",
+    lines = ["# Benchmarks", ""]
+    if findings is not None and findings.exists():
+        lines += [findings.read_text().strip(), ""]
+    lines += [
         f"Regenerate everything (benchmarks, tables, plots) with one command: `{regenerate}`"
         + ("" if preset else " (these results come from the separate commands listed under each table)"),
         "",
@@ -431,6 +459,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=None, help="default: BENCHMARKS.md (smoke: <results_dir>/BENCHMARKS.md)")
     parser.add_argument("--plots_dir", default=None, help="default: docs/benchmarks (smoke: <results_dir>/plots)")
     parser.add_argument(
+        "--findings",
+        default=str(FINDINGS),
+        help="hand-written markdown put after the title (default: docs/benchmarks/findings.md; none for smoke runs)",
+    )
+    parser.add_argument(
         "--run",
         nargs="?",
         const="full",
@@ -446,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     plots_dir = Path(args.plots_dir or (results_dir / "plots" if smoke else "docs/benchmarks"))
     if args.run:
         run_preset(args.run, results_dir)
-    render(results_dir, output, plots_dir)
+    render(results_dir, output, plots_dir, findings=None if smoke else Path(args.findings))
     print(f"wrote {output}")
 
 
