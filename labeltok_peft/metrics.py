@@ -32,6 +32,10 @@ def classification_metrics(
 ) -> dict[str, float]:
     """Accuracy, macro-F1 and micro-F1 (multi-label: accuracy is subset accuracy, also reported as such).
 
+    Multi-label tasks also get `macro_average_precision`: the mean over labels (those with at least one positive
+    row) of the area under each label's precision-recall curve. It needs no threshold, so it still ranks models
+    whose probabilities all sit below the threshold, as rare labels early in training do.
+
     Args:
         logits: `[num_rows, num_labels]` logits.
         labels: `[num_rows]` class ids or `[num_rows, num_labels]` multi-hot values.
@@ -50,6 +54,7 @@ def classification_metrics(
             "subset_accuracy": subset_accuracy,
             "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0)),
             "micro_f1": float(f1_score(labels, predictions, average="micro", zero_division=0)),
+            "macro_average_precision": _macro_average_precision(np.asarray(logits, dtype=np.float64), labels),
         }
     label_ids = list(range(np.asarray(logits).shape[-1]))
     return {
@@ -57,6 +62,16 @@ def classification_metrics(
         "macro_f1": float(f1_score(labels, predictions, labels=label_ids, average="macro", zero_division=0)),
         "micro_f1": float(f1_score(labels, predictions, labels=label_ids, average="micro", zero_division=0)),
     }
+
+
+def _macro_average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean average precision over the labels that have a positive row; `scores` `[rows, labels]` rank rows."""
+    from sklearn.metrics import average_precision_score
+
+    present = labels.sum(axis=0) > 0
+    if not present.any():
+        return float("nan")
+    return float(average_precision_score(labels[:, present], scores[:, present], average="macro"))
 
 
 def make_compute_metrics(multi_label: bool, threshold: float | Sequence[float] = 0.5) -> Callable:

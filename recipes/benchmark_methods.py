@@ -98,7 +98,8 @@ def train_and_evaluate(model, tokenizer, data, args, seed: int, learning_rate: f
         prediction = trainer.predict(test)
         eval_seconds = time.perf_counter() - start
     metrics = {key.removeprefix("test_"): value for key, value in prediction.metrics.items()}
-    quality = {key: metrics[key] for key in ("accuracy", "macro_f1", "micro_f1", "subset_accuracy") if key in metrics}
+    quality_fields = ("accuracy", "macro_f1", "micro_f1", "subset_accuracy", "macro_average_precision")
+    quality = {key: metrics[key] for key in quality_fields if key in metrics}
     return dict(
         quality,
         train_seconds=result.metrics["train_runtime"],
