@@ -19,9 +19,12 @@ Methods (pick with --methods, comma-separated; `key=value` options after colons)
     full_ft_labeltok        full fine-tuning with label tokens added to a resized vocabulary, after [CLS], shared
                             linear head (the original repository's scheme); keys: init (resize|label_text)
     labeltok[:key=value...] the label-token adapter; keys: init (label_text|cls|vocab_mean|random), lora (0|1),
-                            label_lr (float), attention (full|isolated), positions (sequential|shared), chunk (int)
-Every method also takes lr=<float>. `--methods all` (the default) runs the 15 specs of DEFAULT_METHODS; `--methods
-core` runs CORE_METHODS: the four peers, the default adapter with and without LoRA, and isolated+shared attention.
+                            label_lr (float), head_lr (float; default: lr), attention (full|isolated), positions
+                            (sequential|shared), chunk (int)
+Every method also takes lr=<float>; peft_lora_seq_cls also takes head_lr=<float>, the rate of its classifier head
+(the fair counterpart of the label table's rate). `--methods all` (the default) runs the 15 specs of
+DEFAULT_METHODS; `--methods core` runs CORE_METHODS: the four peers, the default adapter with and without LoRA, and
+isolated+shared attention.
 
 `--seed` is the training seed (initialisation, data order, dropout); `--seeds 0,1,2` runs every method once per
 seed and reports medians with min–max. The data sample and split use `--data_seed` and stay fixed.
