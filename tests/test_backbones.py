@@ -64,7 +64,7 @@ def batch(padding_side: str = "right") -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_full_attention_trains(family):
-    model = build(family)
+    model = build(family, label_attention="full")
     assert model.backbone_info.is_causal == (family in DECODER_FAMILIES)
     out = model(**batch(), labels=torch.tensor([0, 2]))
     assert out.logits.shape == (2, len(LABELS))

@@ -37,7 +37,7 @@ def test_unknown_mode_names_field_and_choices(field, value):
 
 def test_chunks_need_isolated_attention():
     with pytest.raises(ValueError, match="label_attention='isolated'"):
-        LabelTokConfig(labels=LABELS, label_chunk_size=2)
+        LabelTokConfig(labels=LABELS, label_attention="full", label_chunk_size=2)
 
 
 def test_unknown_label_in_data():
@@ -143,7 +143,9 @@ def test_backbone_without_inputs_embeds():
 def test_more_labels_than_positions_names_the_fix():
     many = [f"label_{i}" for i in range(100)]  # the tiny BERT has 64 positions
     with pytest.raises(ValueError, match="label_positions='shared'"):
-        get_labeltok_model(tiny_backbone("bert"), LabelTokConfig(labels=many, label_init="random"))
+        get_labeltok_model(
+            tiny_backbone("bert"), LabelTokConfig(labels=many, label_init="random", label_attention="full")
+        )
     model = get_labeltok_model(
         tiny_backbone("bert"),
         LabelTokConfig(labels=many, label_init="random", label_positions="shared", label_attention="isolated"),
@@ -155,7 +157,8 @@ def test_more_labels_than_positions_names_the_fix():
 
 def test_text_too_long_for_positions_names_the_limit():
     tokenizer = tokenizer_for("bert")
-    model = get_labeltok_model(tiny_backbone("bert"), LabelTokConfig(labels=LABELS), tokenizer=tokenizer)
+    config = LabelTokConfig(labels=LABELS, label_attention="full")  # sequential positions: labels take K positions
+    model = get_labeltok_model(tiny_backbone("bert"), config, tokenizer=tokenizer)
     input_ids = torch.full((1, 63), 5)
     with pytest.raises(ValueError, match=f"at most {64 - len(LABELS)} tokens"):
         model(input_ids=input_ids)
