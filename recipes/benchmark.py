@@ -230,7 +230,8 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace) -> dict:
     saved, commands = saved_runs(output_dir, settings)
     order = list(args.method_list) + sorted(spec for spec in saved if spec not in args.method_list)
     runs = {spec: dict(sorted(saved[spec].items())) for spec in order if spec in saved}
-    peer = PEER if PEER in runs else None
+    # Times are ratios to the plain peer; a peer variant (same model, other rates, same speed) stands in for it.
+    peer = PEER if PEER in runs else next((spec for spec in runs if parse_method(spec)[0] == PEER), None)
     add_peer_ratios(runs, peer)
     result = {
         "dataset": dataset,
