@@ -148,9 +148,9 @@ def add_peer_ratios(runs: dict[str, dict[int, dict]], peer: str | None) -> None:
         return
     for per_seed in runs.values():
         for seed, row in per_seed.items():
-            reference = runs[peer].get(seed, {})
-            if "error" in row or "error" in reference:
-                continue
+            reference = runs[peer].get(seed)
+            if reference is None or "error" in row or "error" in reference:
+                continue  # no peer run of this seed to compare with
             if row.get("step_seconds") and reference.get("step_seconds"):
                 row["step_time_ratio"] = row["step_seconds"] / reference["step_seconds"]
             row["train_time_ratio"] = row["train_seconds"] / reference["train_seconds"]
