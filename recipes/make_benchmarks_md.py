@@ -67,7 +67,7 @@ PRESETS = {
         + ["--methods", "labeltok:positions=shared"],
         ["benchmark.py", "--dataset", "wordnet_lexnames,bbc_news,wordnet_hypernyms", "--collect", *_CORE_SETTINGS]
         + ["--methods", _CORE_TABLE_ORDER],
-        ["benchmark_scaling.py"],
+        ["benchmark_scaling.py", "--ks", "8,32,128,512", "--timed_steps", "5", "--warmup_steps", "2", "--threads", "2"],
     ],
     "smoke": [
         ["benchmark.py", "--dataset", "bbc_news", "--seeds", "0,1", *_SMOKE],
@@ -333,7 +333,9 @@ def _environment_lines(environment: dict) -> list[str]:
     return lines
 
 
-def render(results_dir: Path, output: Path, plots_dir: Path, findings: Path | None = None) -> str:
+def render(
+    results_dir: Path, output: Path, plots_dir: Path, findings: Path | None = None, preset: str | None = None
+) -> str:
     """Writes the benchmark document from the result files under `results_dir`.
 
     Args:
@@ -342,6 +344,8 @@ def render(results_dir: Path, output: Path, plots_dir: Path, findings: Path | No
         plots_dir: where the PNG plots go.
         findings: a hand-written markdown file (what the numbers mean, what was not run) put after the title, so
             re-rendering never drops it; skipped when `None` or missing.
+        preset: the preset whose commands produced the results, when they ran by hand rather than through `--run`
+            (each result file records the preset it ran under otherwise).
     """
     order = {name: index for index, name in enumerate(DATASET_NOTES)}
     paths = sorted(results_dir.glob("*/results.json"), key=lambda path: (order.get(path.parent.name, len(order)), path))
@@ -353,7 +357,8 @@ def render(results_dir: Path, output: Path, plots_dir: Path, findings: Path | No
             "pass --run."
         )
     presets = {item["environment"].get("preset") for item in results + scalings}
-    preset = next(iter(presets)) if len(presets) == 1 else None
+    if preset is None and len(presets) == 1:
+        preset = next(iter(presets))
     regenerate = "python recipes/make_benchmarks_md.py --run" + (f" {preset}" if preset not in (None, "full") else "")
     plots_dir.mkdir(parents=True, exist_ok=True)
     relative = lambda path: path.resolve().relative_to(output.resolve().parent).as_posix()  # noqa: E731
@@ -465,6 +470,12 @@ def main(argv: list[str] | None = None) -> None:
         help="hand-written markdown put after the title (default: docs/benchmarks/findings.md; none for smoke runs)",
     )
     parser.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="name the preset whose commands produced the results when they ran by hand (for the regenerate line)",
+    )
+    parser.add_argument(
         "--run",
         nargs="?",
         const="full",
@@ -480,7 +491,9 @@ def main(argv: list[str] | None = None) -> None:
     plots_dir = Path(args.plots_dir or (results_dir / "plots" if smoke else "docs/benchmarks"))
     if args.run:
         run_preset(args.run, results_dir)
-    render(results_dir, output, plots_dir, findings=None if smoke else Path(args.findings))
+    render(
+        results_dir, output, plots_dir, findings=None if smoke else Path(args.findings), preset=args.run or args.preset
+    )
     print(f"wrote {output}")
 
 
