@@ -182,6 +182,20 @@ def run_file(output_dir: Path, spec: str, seed: int) -> Path:
     return output_dir / "runs" / f"{spec.replace(':', '+').replace('/', '_')}@seed{seed}.json"
 
 
+SAVED_RUN_KEYS = {"spec", "seed", "settings", "command", "row"}
+
+
+def read_saved_run(path: Path) -> dict:
+    try:
+        saved = json.loads(path.read_text())
+        problem = None if isinstance(saved, dict) and SAVED_RUN_KEYS <= set(saved) else "keys missing"
+    except json.JSONDecodeError as error:
+        problem = str(error)
+    if problem is not None:
+        raise ValueError(f"Saved run {path} is unreadable ({problem}); delete it and run again to redo it.")
+    return saved
+
+
 def saved_runs(output_dir: Path, settings: dict) -> tuple[dict[str, dict[int, dict]], list[str]]:
     """Every saved (method, seed) of `output_dir` that ran with `settings`.
 
@@ -191,7 +205,7 @@ def saved_runs(output_dir: Path, settings: dict) -> tuple[dict[str, dict[int, di
     runs: dict[str, dict[int, dict]] = {}
     commands: list[str] = []
     for path in sorted((output_dir / "runs").glob("*.json")):
-        saved = json.loads(path.read_text())
+        saved = read_saved_run(path)
         if saved["settings"] == settings:
             runs.setdefault(saved["spec"], {})[saved["seed"]] = saved["row"]
             if saved["command"] not in commands:
@@ -215,7 +229,7 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace) -> dict:
     for seed in [] if args.collect else args.seed_list:
         for spec in args.method_list:
             path = run_file(output_dir, spec, seed)
-            if path.exists() and not args.rerun and json.loads(path.read_text())["settings"] == settings:
+            if path.exists() and not args.rerun and read_saved_run(path)["settings"] == settings:
                 print(f"--- {dataset} seed={seed} {spec}: saved in {path}, skipped", flush=True)
                 continue
             print(f"--- {dataset} seed={seed} {spec}", flush=True)

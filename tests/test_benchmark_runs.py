@@ -47,3 +47,8 @@ def test_saved_runs_are_skipped_and_gathered_only_with_the_same_settings(tmp_pat
     # --rerun trains a saved run again.
     run(tmp_path, "--methods", "linear_probe", "--seeds", "0", "--rerun")
     assert saved.stat().st_mtime_ns != written_at
+
+    # A damaged saved run is named, with the fix, instead of failing somewhere inside json.
+    saved.write_text('{"spec": "linear_probe", "seed"')
+    with pytest.raises(ValueError, match=r"linear_probe@seed0\.json is unreadable.*delete it"):
+        run(tmp_path, "--methods", "linear_probe", "--collect")
