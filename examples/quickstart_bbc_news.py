@@ -37,8 +37,15 @@ def main() -> None:
         trainer = Trainer(
             model=model,
             args=TrainingArguments(
-                output_dir, num_train_epochs=2, per_device_train_batch_size=16, learning_rate=5e-4, warmup_steps=0.1,
-                label_names=["labels"], save_strategy="no", report_to=[], logging_steps=5,
+                output_dir,
+                num_train_epochs=2,
+                per_device_train_batch_size=16,
+                learning_rate=5e-4,
+                warmup_steps=0.1,
+                label_names=["labels"],
+                save_strategy="no",
+                report_to=[],
+                logging_steps=5,
             ),
             train_dataset=train,
             eval_dataset=test,
@@ -59,7 +66,7 @@ def main() -> None:
         "Shares in the bank fell after it warned that profits would be lower.",
         "The new phone has a faster chip and a better camera.",
     ]
-    for text, prediction in zip(texts, reloaded.predict(texts)):
+    for text, prediction in zip(texts, reloaded.predict(texts), strict=True):
         print(f"{prediction['label']:>13}  {prediction['score']:.2f}  {text}")
 
 

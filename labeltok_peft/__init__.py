@@ -33,7 +33,29 @@ _EXPORTS = {
     "validate_texts": "data",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "AdapterFormatError",
+    "BackboneMismatchError",
+    "DEFAULT_ADAPTER_NAME",
+    "LabelAttention",
+    "LabelInit",
+    "LabelPositions",
+    "LabelTokConfig",
+    "LabelTokModel",
+    "Placement",
+    "ProblemType",
+    "__version__",
+    "classification_metrics",
+    "encode_label",
+    "encode_labels",
+    "get_labeltok_model",
+    "labeltok_pipeline",
+    "load_backbone",
+    "make_compute_metrics",
+    "prepare_kbit_training",
+    "tokenize_function",
+    "validate_texts",
+]
 
 if TYPE_CHECKING:
     from .config import LabelAttention, LabelInit, LabelPositions, LabelTokConfig, Placement, ProblemType

@@ -71,7 +71,7 @@ def initial_label_table(config: LabelTokConfig, embeddings: nn.Module, tokenizer
     if init == LabelInit.CLS:
         return _embed_ids(embeddings, [_first_special_token_id(tokenizer)]).expand(num_labels, hidden).clone()
     rows = []
-    for label, text in zip(config.labels, label_texts(config)):
+    for label, text in zip(config.labels, label_texts(config), strict=True):
         token_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not token_ids:
             raise ValueError(

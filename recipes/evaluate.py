@@ -3,14 +3,14 @@
     python recipes/evaluate.py --adapter_path outputs/bbc_news --dataset_name bbc_news
     accelerate launch recipes/evaluate.py --adapter_path my_adapter --test_file test.csv
 
-`labeltok evaluate` runs the same code (labeltok_peft/commands/evaluate.py).
+`labeltok evaluate` runs the same code (labeltok_peft/cli/evaluate.py).
 """
 
 from __future__ import annotations
 
 import sys
 
-from labeltok_peft.commands import run_command
+from labeltok_peft.cli import run_command
 
 if __name__ == "__main__":
     sys.exit(run_command("evaluate"))

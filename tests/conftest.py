@@ -1,4 +1,4 @@
-"""Tiny real backbones built from configs, and a tiny real tokenizer, shared by the unit tests."""
+"""Shared fixtures, and the test tiers: every test without a slower tier's marker is a `unit` test."""
 
 from __future__ import annotations
 
@@ -8,73 +8,17 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
-import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (
-    BertConfig,
-    BertModel,
-    GPT2Config,
-    GPT2Model,
-    LlamaConfig,
-    LlamaModel,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2Model,
-    RobertaConfig,
-    RobertaModel,
-)
+from tiny_models import make_tokenizer  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-WORDS = (
-    "the a match goal team won lost market shares bank profit film actor music award election vote minister party "
-    "phone software computer internet game player coach economy growth star show government tax chip network"
-).split()
-VOCAB_SIZE = 64
+SLOWER_TIERS = ("integration", "multiprocess")
 
 
-def make_tokenizer(encoder: bool) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over `WORDS`. The decoder flavour has no pad token, like many real decoders."""
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] if encoder else ["<unk>", "<s>", "</s>"]
-    vocab = {token: index for index, token in enumerate(specials + WORDS)}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=specials[1] if encoder else "<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    if encoder:
-        from tokenizers.processors import TemplateProcessing
-
-        tokenizer.post_processor = TemplateProcessing(
-            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
-        )
-        return PreTrainedTokenizerFast(
-            tokenizer_object=tokenizer, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
-        )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-
-
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-
-
-def tiny_backbone(family: str, seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised 2-layer backbone of the given family, in eval mode (no dropout)."""
-    torch.manual_seed(seed)
-    if family == "bert":
-        model = BertModel(BertConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TINY), add_pooling_layer=False)
-    elif family == "roberta":
-        model = RobertaModel(
-            RobertaConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=66, pad_token_id=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TINY),
-            add_pooling_layer=False,
-        )
-    elif family == "llama":
-        model = LlamaModel(LlamaConfig(vocab_size=VOCAB_SIZE, num_key_value_heads=2, **TINY))
-    elif family == "qwen2":
-        model = Qwen2Model(Qwen2Config(vocab_size=VOCAB_SIZE, num_key_value_heads=2, **TINY))
-    elif family == "gpt2":
-        model = GPT2Model(GPT2Config(vocab_size=VOCAB_SIZE, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2))
-    else:
-        raise ValueError(family)
-    return model.eval()
-
-
-ENCODERS = ["bert", "roberta"]
-DECODERS = ["llama", "qwen2", "gpt2"]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks the quick tier, so that `pytest -m unit` is the loop to run while working."""
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in SLOWER_TIERS):
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture
@@ -85,7 +29,3 @@ def encoder_tokenizer() -> PreTrainedTokenizerFast:
 @pytest.fixture
 def decoder_tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer(encoder=False)
-
-
-def tokenizer_for(family: str) -> PreTrainedTokenizerFast:
-    return make_tokenizer(encoder=family in ENCODERS)

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import torch
-from conftest import TINY, VOCAB_SIZE, make_tokenizer
+from tiny_models import TINY, VOCAB_SIZE, make_tokenizer
 from transformers import BertConfig, BertModel
 
 # Words that mark each class; every text mixes two marker words with filler, so a tiny model can learn the task.

@@ -31,14 +31,22 @@ FAMILIES = {
     "distilbert": lambda: DistilBertModel(
         DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64)
     ),
-    "electra": lambda: ElectraModel(ElectraConfig(vocab_size=64, embedding_size=32, max_position_embeddings=64, **NO_DROPOUT, **TINY)),
-    "modernbert": lambda: ModernBertModel(
-        ModernBertConfig(vocab_size=64, max_position_embeddings=64, cls_token_id=1, sep_token_id=2, **SPECIAL_IDS, **TINY)
+    "electra": lambda: ElectraModel(
+        ElectraConfig(vocab_size=64, embedding_size=32, max_position_embeddings=64, **NO_DROPOUT, **TINY)
     ),
-    "deberta-v2": lambda: DebertaV2Model(DebertaV2Config(vocab_size=64, max_position_embeddings=64, **NO_DROPOUT, **TINY)),
+    "modernbert": lambda: ModernBertModel(
+        ModernBertConfig(
+            vocab_size=64, max_position_embeddings=64, cls_token_id=1, sep_token_id=2, **SPECIAL_IDS, **TINY
+        )
+    ),
+    "deberta-v2": lambda: DebertaV2Model(
+        DebertaV2Config(vocab_size=64, max_position_embeddings=64, **NO_DROPOUT, **TINY)
+    ),
     "mistral": lambda: MistralModel(MistralConfig(vocab_size=64, num_key_value_heads=2, **SPECIAL_IDS, **TINY)),
     "qwen3": lambda: Qwen3Model(Qwen3Config(vocab_size=64, num_key_value_heads=2, head_dim=8, **SPECIAL_IDS, **TINY)),
-    "gemma3": lambda: Gemma3TextModel(Gemma3TextConfig(vocab_size=64, num_key_value_heads=2, head_dim=8, **SPECIAL_IDS, **TINY)),
+    "gemma3": lambda: Gemma3TextModel(
+        Gemma3TextConfig(vocab_size=64, num_key_value_heads=2, head_dim=8, **SPECIAL_IDS, **TINY)
+    ),
 }
 DECODER_FAMILIES = {"mistral", "qwen3", "gemma3"}
 LABELS = ["a", "b", "c"]
@@ -94,4 +102,3 @@ def test_decoder_padding_side_does_not_matter(family):
 def test_deberta_refuses_isolated_attention_with_the_fix():
     with pytest.raises(ValueError, match="use label_attention='full'"):
         build("deberta-v2", label_attention="isolated")
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import WORDS, tiny_backbone, tokenizer_for
+from tiny_models import WORDS, tiny_backbone, tokenizer_for
 from torch import nn
 
 from labeltok_peft import LabelTokConfig, encode_label, get_labeltok_model, tokenize_function, validate_texts

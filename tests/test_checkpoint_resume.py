@@ -51,7 +51,7 @@ def _run(mode: str, output_dir: str) -> None:
     """Trains (mode 'full' or 'killed') or resumes (mode 'resume'), then writes final metrics to output_dir."""
     torch.set_num_threads(1)
     sys.path.insert(0, str(HERE))
-    from conftest import tiny_backbone, tokenizer_for
+    from tiny_models import tiny_backbone, tokenizer_for
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 
     from labeltok_peft import LabelTokConfig, get_labeltok_model, make_compute_metrics

@@ -9,9 +9,9 @@ import datasets
 import pytest
 from recipe_data import LABELS, make_rows, write_rows
 
+from labeltok_peft.cli.dataset_loading import load_splits, prepare_splits
+from labeltok_peft.cli.label_formats import DataError, LabelFormat, stratified_split_indices
 from labeltok_peft.config import ProblemType
-from labeltok_peft.dataset_loading import load_splits, prepare_splits
-from labeltok_peft.label_formats import DataError, LabelFormat, stratified_split_indices
 
 
 def prepared(path, **kwargs):

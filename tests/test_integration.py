@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
 
 from labeltok_peft import LabelTokConfig, get_labeltok_model, make_compute_metrics, tokenize_function
 from labeltok_peft.corpora import load_bbc_news
@@ -35,13 +42,25 @@ def test_minilm_learns_bbc_news_slice(tmp_path):
     train = splits["train"].map(preprocess, batched=True, with_indices=True, remove_columns=["text", "label"])
     test = splits["test"].map(preprocess, batched=True, with_indices=True, remove_columns=["text", "label"])
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=2, learning_rate=5e-4,
-        warmup_steps=0.1, save_strategy="no", report_to=[], label_names=["labels"], use_cpu=True, seed=0,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=16,
+        num_train_epochs=2,
+        learning_rate=5e-4,
+        warmup_steps=0.1,
+        save_strategy="no",
+        report_to=[],
+        label_names=["labels"],
+        use_cpu=True,
+        seed=0,
         disable_tqdm=True,
     )
     trainer = Trainer(
-        model=model, args=args, train_dataset=train, eval_dataset=test,
-        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=make_compute_metrics(multi_label=False),
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=test,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=make_compute_metrics(multi_label=False),
         optimizers=(create_optimizer(model, 5e-4, label_learning_rate=5e-2), None),
     )
     trainer.train()
@@ -59,7 +78,9 @@ def test_smollm2_trains_one_step_as_decoder_backbone():
     config = LabelTokConfig(labels=["positive", "negative", "neutral"], lora={"r": 4})
     model = get_labeltok_model(backbone, config, tokenizer=tokenizer)
     assert model.backbone_info.is_causal
-    batch = tokenizer(["I loved this film.", "Terrible, never again, what a waste of time."], padding=True, return_tensors="pt")
+    batch = tokenizer(
+        ["I loved this film.", "Terrible, never again, what a waste of time."], padding=True, return_tensors="pt"
+    )
     optimizer = create_optimizer(model, 1e-3, label_learning_rate=1e-2)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     model.train()
@@ -71,7 +92,11 @@ def test_smollm2_trains_one_step_as_decoder_backbone():
     assert any(n.startswith("label_tables.") for n in changed)
     assert any("lora_" in n for n in changed)
     tokenizer.padding_side = "left"
-    left = model.eval()(**tokenizer(["I loved this film.", "Terrible, never again."], padding=True, return_tensors="pt")).logits
+    left = model.eval()(
+        **tokenizer(["I loved this film.", "Terrible, never again."], padding=True, return_tensors="pt")
+    ).logits
     tokenizer.padding_side = "right"
-    right = model(**tokenizer(["I loved this film.", "Terrible, never again."], padding=True, return_tensors="pt")).logits
+    right = model(
+        **tokenizer(["I loved this film.", "Terrible, never again."], padding=True, return_tensors="pt")
+    ).logits
     torch.testing.assert_close(left, right, atol=1e-4, rtol=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import tiny_backbone, tokenizer_for
+from tiny_models import tiny_backbone, tokenizer_for
 
 from labeltok_peft import LabelTokConfig, get_labeltok_model
 
@@ -20,7 +20,7 @@ def build(init: str, **kwargs):
 def test_label_text_is_mean_of_label_token_embeddings():
     model, weight, tokenizer = build("label_text")
     table = model.label_tables["default"].detach()
-    for row, label in zip(table, LABELS):
+    for row, label in zip(table, LABELS, strict=True):
         ids = tokenizer(label, add_special_tokens=False)["input_ids"]
         torch.testing.assert_close(row, weight[ids].mean(0))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DECODERS, ENCODERS, tiny_backbone, tokenizer_for
 from safetensors.torch import load_file, save_file
+from tiny_models import DECODERS, ENCODERS, tiny_backbone, tokenizer_for
 
 from labeltok_peft import LabelTokConfig, get_labeltok_model
 
@@ -157,7 +157,7 @@ def test_predict_single_label_matches_forward():
     predictions = model.predict(TEXTS, batch_size=3)
     assert [p["label"] for p in predictions] == [LABELS[i] for i in logits.argmax(-1).tolist()]
     probabilities = logits.softmax(-1)
-    for row, p in zip(probabilities, predictions):
+    for row, p in zip(probabilities, predictions, strict=True):
         assert abs(p["score"] - float(row.max())) < 1e-5
         assert abs(sum(p["scores"].values()) - 1.0) < 1e-5
     assert model.predict(TEXTS[0])["label"] == predictions[0]["label"]

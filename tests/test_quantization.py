@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_backbone, tokenizer_for
 from safetensors.torch import load_file, save_file
+from tiny_models import tiny_backbone, tokenizer_for
 
 from labeltok_peft import LabelTokConfig, LabelTokModel, get_labeltok_model
 from labeltok_peft.quantization import (

@@ -13,7 +13,7 @@ import pytest
 from recipe_data import LABELS, make_rows, save_tiny_backbone, write_rows
 
 from labeltok_peft import cli
-from labeltok_peft.arguments import TRAIN_ARGUMENTS, ConfigFileError, parse_recipe_args
+from labeltok_peft.cli.arguments import TRAIN_ARGUMENTS, ConfigFileError, parse_recipe_args
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--lora_r", "4", "--learning_rate", "5e-3"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from labeltok_peft.report import build_split_report, tune_thresholds, write_report
+from labeltok_peft.cli.report import build_split_report, tune_thresholds, write_report
 
 NAMES = ["a", "b", "c"]
 

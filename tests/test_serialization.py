@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_backbone, tokenizer_for
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+from tiny_models import tiny_backbone, tokenizer_for
 from transformers import BertConfig, BertModel
 
 from labeltok_peft import LabelTokConfig, LabelTokModel, get_labeltok_model

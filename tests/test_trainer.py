@@ -6,7 +6,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_backbone, tokenizer_for
+from tiny_models import tiny_backbone, tokenizer_for
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
 from labeltok_peft import LabelTokConfig, get_labeltok_model, make_compute_metrics, tokenize_function
@@ -87,12 +87,24 @@ def test_trainer_multi_label(tmp_path):
     data = data.map(preprocess, batched=True, with_indices=True, remove_columns=["text", "label"])
     assert np.asarray(data[0]["labels"]).shape == (4,)
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=40, learning_rate=1e-2,
-        logging_steps=1, save_strategy="no", report_to=[], label_names=["labels"], use_cpu=True, seed=0,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=16,
+        num_train_epochs=40,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        label_names=["labels"],
+        use_cpu=True,
+        seed=0,
     )
     trainer = Trainer(
-        model=model, args=args, train_dataset=data, eval_dataset=data,
-        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=make_compute_metrics(multi_label=True),
+        model=model,
+        args=args,
+        train_dataset=data,
+        eval_dataset=data,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=make_compute_metrics(multi_label=True),
     )
     before = trainer.evaluate()
     trainer.train()

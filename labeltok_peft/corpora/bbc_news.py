@@ -52,7 +52,9 @@ def load_bbc_news(test_size: float = 0.2, seed: int = 42, per_label: int | None 
     import datasets
 
     texts, labels = read_bbc_news()
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=BBC_NEWS_LABELS)})
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=BBC_NEWS_LABELS)}
+    )
     dataset = datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
     if per_label is not None:
         keep = []

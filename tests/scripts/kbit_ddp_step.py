@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import tokenizer_for  # noqa: E402
+from tiny_models import tokenizer_for  # noqa: E402
 
 from labeltok_peft import LabelTokConfig, get_labeltok_model  # noqa: E402
 from labeltok_peft.quantization import load_backbone, prepare_kbit_training, quantized_modules  # noqa: E402

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..report import SplitReport, build_split_report, tune_thresholds, write_report
+from .report import SplitReport, build_split_report, tune_thresholds, write_report
 
 logger = logging.getLogger("labeltok_peft")
 

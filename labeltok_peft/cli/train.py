@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..arguments import TRAIN_ARGUMENTS, parse_recipe_args
+from .arguments import TRAIN_ARGUMENTS, parse_recipe_args
 from .common import (
     fit_max_length,
     format_metrics,
@@ -51,8 +51,8 @@ def train(model_args, data_args, labeltok_args, training_args) -> dict[str, dict
     from transformers import set_seed
 
     from ..config import LabelTokConfig
-    from ..dataset_loading import load_splits, prepare_splits
     from ..model import get_labeltok_model
+    from .dataset_loading import load_splits, prepare_splits
 
     started = time.perf_counter()
     setup_logging(training_args)

@@ -17,7 +17,7 @@ from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from .config import LabelAttention, LabelInit, LabelPositions, Placement, ProblemType
+from ..config import LabelAttention, LabelInit, LabelPositions, Placement, ProblemType
 
 
 class ConfigFileError(ValueError):

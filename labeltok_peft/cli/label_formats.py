@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
-from .config import ProblemType
+from ..config import ProblemType
 
 
 class DataError(ValueError):

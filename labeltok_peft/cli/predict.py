@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arguments import PREDICT_ARGUMENTS, parse_recipe_args
+from .arguments import PREDICT_ARGUMENTS, parse_recipe_args
 from .common import (
     OutputDirError,
     fit_max_length,
@@ -89,7 +89,7 @@ def write_predictions(rows: list[dict[str, Any]], path: Path) -> None:
 
 def _texts_to_classify(data_args, predict_args) -> list[str]:
     from ..data import validate_texts
-    from ..dataset_loading import check_columns, load_splits
+    from .dataset_loading import check_columns, load_splits
 
     if predict_args.texts:
         return validate_texts(predict_args.texts)

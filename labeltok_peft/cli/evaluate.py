@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..arguments import EVALUATE_ARGUMENTS, parse_recipe_args
+from .arguments import EVALUATE_ARGUMENTS, parse_recipe_args
 from .common import (
     fit_max_length,
     format_metrics,
@@ -40,7 +40,7 @@ def evaluation_output_dir(training_args, adapter_path: str, sub_folder: str) -> 
 
 def evaluate(model_args, data_args, adapter_args, training_args) -> dict[str, dict[str, float]]:
     """Runs the evaluation; returns the metrics by prefix (`eval` for validation data, `test`)."""
-    from ..dataset_loading import load_splits, prepare_splits
+    from .dataset_loading import load_splits, prepare_splits
 
     setup_logging(training_args)
     if not adapter_args.adapter_path:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ProblemType
-from .data import validate_texts
+from ..config import ProblemType
+from ..data import validate_texts
 from .label_formats import (
     DataError,
     LabelFormat,
@@ -35,7 +35,7 @@ FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json",
 def _load_bbc_news():
     import datasets
 
-    from .corpora import load_bbc_news
+    from ..corpora import load_bbc_news
 
     splits = load_bbc_news()
     return datasets.DatasetDict({"train": splits["train"], "validation": splits["test"]})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import classification_metrics, predictions_from_logits
+from ..metrics import classification_metrics, predictions_from_logits
 
 logger = logging.getLogger(__name__)
 
