@@ -1,4 +1,4 @@
-"""The WordNet benchmark datasets: parsing, hypernym labels, determinism, label counts, multi-hot width, caching.
+"""The WordNet benchmark datasets: parsing, hypernym labels, determinism, label counts, label names, caching.
 
 The unit tests run on a small hand-written `data.noun` in WordNet's format; the integration tests need Debian's
 `wordnet-base` package (`apt-get install wordnet-base`) and are skipped without it.
@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 
 from labeltok_peft import LabelTokConfig, encode_label
-from labeltok_peft.corpora import wordnet
-from labeltok_peft.corpora.wordnet import (
+from recipes.benchmarks import wordnet
+from recipes.benchmarks.wordnet import (
+    NounSynset,
     hypernym_ancestors_at_depth,
+    hypernym_ancestors_within,
+    load_wordnet_ancestors,
     load_wordnet_hypernyms,
     load_wordnet_lexnames,
     parse_data_line,
@@ -136,6 +139,66 @@ def test_hypernyms_min_examples_drops_rare_labels(fake_wordnet: Path):
         load_wordnet_hypernyms(depth=2, min_examples=1000, wordnet_dir=fake_wordnet, cache_dir=False)
 
 
+def test_hypernym_ancestors_within_goes_up_a_fixed_number_of_edges(fake_wordnet: Path):
+    synsets = read_noun_synsets(fake_wordnet)
+    one = hypernym_ancestors_within(synsets, 1)
+    assert one["00000009"] == {"00000006"}
+    assert one["00000006"] == {"00000004", "00000005"}
+    assert one["00000008"] == {"00000005"}  # instance hypernym pointers count
+    two = hypernym_ancestors_within(synsets, 2)
+    assert two["00000009"] == {"00000006", "00000004", "00000005"}
+    assert two["00000006"] == {"00000004", "00000005", "00000002", "00000003"}  # both parents' parents
+    assert two["00000002"] == {"00000001"}
+    assert "00000001" not in two  # the root has no hypernym
+
+
+def test_ancestors_are_many_label_with_readable_names(fake_wordnet: Path):
+    # Usable rows per label at levels=2: alpha, beta, alpha one, beta one 18 each; entity 4; both 1.
+    splits = load_wordnet_ancestors(min_examples=5, per_label=None, wordnet_dir=fake_wordnet, cache_dir=False)
+    names = splits["train"].features["label"].feature.names
+    assert names == ["alpha", "beta", "alpha one", "beta one"]  # label synsets in offset order, first lemmas
+    synset_ids = list(splits["train"]["synset"]) + list(splits["test"]["synset"])
+    rows = dict(zip(synset_ids, list(splits["train"]["label"]) + list(splits["test"]["label"]), strict=True))
+    assert rows["00000009"] == [2, 3]  # deep -> both -> alpha one, beta one ("both" itself is too rare)
+    assert rows["00000006"] == [0, 1, 2, 3]
+    assert rows["00000004"] == [0]  # alpha one -> alpha (entity, its grandparent, is too rare)
+    assert "00000002" not in rows and "00000001" not in rows  # only the dropped label entity above them
+    assert "00000090" not in rows  # shared gloss
+    again = load_wordnet_ancestors(min_examples=5, per_label=None, wordnet_dir=fake_wordnet, cache_dir=False)
+    assert again["test"].to_dict() == splits["test"].to_dict()
+    # Labels are counted on usable rows: the two synsets that share a gloss would lift alpha, beta, alpha one and
+    # beta one to 19 carriers each, but they are dropped, so none reaches 19.
+    with pytest.raises(ValueError, match="lower min_examples or raise levels"):
+        load_wordnet_ancestors(min_examples=19, wordnet_dir=fake_wordnet, cache_dir=False)
+
+
+def test_label_names_disambiguate_with_words_before_offsets():
+    def synset(offset, lemmas, hypernyms, gloss):
+        return NounSynset(offset, 5, tuple(lemmas), tuple(hypernyms), gloss)
+
+    synsets = {
+        s.offset: s
+        for s in (
+            synset("00000001", ["place"], [], "a point located with respect to surface features"),
+            synset("00000002", ["bank", "depository financial institution"], ["00000001"], "a financial firm"),
+            synset("00000003", ["bank"], ["00000001"], 'sloping land beside a body of water; "they fished the bank"'),
+            synset("00000004", ["bank"], ["00000001"], "a long ridge or pile"),
+            synset("00000005", ["bank"], ["00000001"], "a long ridge or pile of snow"),
+            synset("00000006", ["ridge"], ["00000001"], "a long narrow range of hills"),
+        )
+    }
+    names = wordnet._label_names(list(synsets), synsets)
+    assert names == [
+        "place",
+        "bank (depository financial institution)",  # its second lemma
+        "bank (sloping land beside a)",  # the hypernym's lemma collides too: the definition's first words
+        "bank (a long ridge or pile)",  # the first 4 words collide with the next one: 10 words tell them apart
+        "bank (a long ridge or pile of snow)",
+        "ridge",
+    ]
+    assert len(set(names)) == len(names)
+
+
 def test_cache_round_trip(fake_wordnet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     cache = tmp_path / "cache"
     built = load_wordnet_lexnames(per_label=4, wordnet_dir=fake_wordnet, cache_dir=cache)
@@ -192,3 +255,24 @@ def test_real_hypernyms(tmp_path: Path):
     assert all(len(encode_label(labels, config)) == len(names) for labels in rows[:50])
     again = load_wordnet_hypernyms(cache_dir=False)
     assert list(again["train"]["synset"]) == list(splits["train"]["synset"])
+
+
+@pytest.mark.integration
+@real_wordnet
+def test_real_ancestors_have_over_a_thousand_labels(tmp_path: Path):
+    splits = load_wordnet_ancestors(cache_dir=tmp_path)
+    names = splits["train"].features["label"].feature.names
+    assert len(names) >= 1_000 and len(set(names)) == len(names)
+    assert sum(name[-9:-1].isdigit() for name in names) <= 5  # offsets only as a rare last resort
+    rows = list(splits["train"]["label"]) + list(splits["test"]["label"])
+    per_label = [0] * len(names)
+    for labels in rows:
+        for label in labels:
+            per_label[label] += 1
+    assert min(per_label) >= 20  # min_examples counts usable rows and every label samples 20
+    assert 1.5 < sum(map(len, rows)) / len(rows) < 2.0  # label cardinality, 1.67 measured
+    for split in ("train", "test"):
+        assert {label for labels in list(splits[split]["label"]) for label in labels} == set(range(len(names)))
+    assert abs(len(splits["test"]) / len(rows) - 0.2) < 0.01
+    again = load_wordnet_ancestors(cache_dir=False)
+    assert list(again["test"]["synset"]) == list(splits["test"]["synset"])

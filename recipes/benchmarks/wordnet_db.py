@@ -200,3 +200,29 @@ def hypernym_ancestors_at_depth(synsets: dict[str, NounSynset], depth: int) -> d
                 found.add(parent)
         ancestors[offset] = found
     return {offset: found for offset, found in ancestors.items() if found}
+
+
+def hypernym_ancestors_within(synsets: dict[str, NounSynset], levels: int) -> dict[str, set[str]]:
+    """The many-label targets: for each synset, every hypernym at most `levels` edges above it.
+
+    Follows hypernym and instance-hypernym pointers over all paths, so with `levels=2` a synset's labels are its
+    direct hypernyms and their direct hypernyms (a dog: `canine`, `domestic animal`, `carnivore`). Labels near the
+    root (`entity`, `abstraction`) are reached only by synsets close to it, unlike `hypernym_ancestors_at_depth`.
+
+    Args:
+        synsets: output of `read_noun_synsets`.
+        levels: how many edges up to go (1: the direct hypernyms only).
+
+    Returns:
+        offset -> set of label offsets, only for synsets with at least one hypernym (every noun but `entity`).
+    """
+    result: dict[str, set[str]] = {}
+    for offset, synset in synsets.items():
+        found: set[str] = set()
+        frontier = set(synset.hypernyms)
+        for _ in range(levels):
+            found |= frontier
+            frontier = {parent for current in frontier for parent in synsets[current].hypernyms} - found
+        if found:
+            result[offset] = found
+    return result

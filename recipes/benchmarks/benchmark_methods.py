@@ -1,4 +1,4 @@
-"""The methods of recipes/benchmark.py: one function trains and evaluates one method for one seed.
+"""The methods of recipes/benchmarks/benchmark.py: one function trains and evaluates one method for one seed.
 
 `run_method(spec, seed, args)` is what the benchmark runs, each call in a fresh process, so that peak memory is the
 method's own. It returns quality metrics, trainable parameters, adapter bytes, the median train step time,
@@ -14,18 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from benchmark_common import (
-    StepTimer,
-    count_trainable,
-    current_rss_bytes,
-    encoded_labels,
-    load_dataset,
-    parse_method,
-    peak_rss_bytes,
-    quiet_libraries,
-    safetensors_bytes,
-    saved_bytes,
-)
 from torch import nn
 from transformers import (
     AutoModel,
@@ -39,7 +27,25 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from labeltok_peft import LabelTokConfig, classification_metrics, get_labeltok_model, make_compute_metrics
+from labeltok_peft.metrics import ranking_metrics
 from labeltok_peft.optim import create_optimizer
+
+from .benchmark_common import (
+    QUALITY_FIELDS,
+    RANKING_CUTOFFS,
+    encoded_labels,
+    load_dataset,
+    parse_method,
+    quiet_libraries,
+)
+from .benchmark_measure import (
+    StepTimer,
+    count_trainable,
+    current_rss_bytes,
+    peak_rss_bytes,
+    safetensors_bytes,
+    saved_bytes,
+)
 
 # --------------------------------------------------------------------------------------------------- training
 
@@ -98,8 +104,9 @@ def train_and_evaluate(model, tokenizer, data, args, seed: int, learning_rate: f
         prediction = trainer.predict(test)
         eval_seconds = time.perf_counter() - start
     metrics = {key.removeprefix("test_"): value for key, value in prediction.metrics.items()}
-    quality_fields = ("accuracy", "macro_f1", "micro_f1", "subset_accuracy", "macro_average_precision")
-    quality = {key: metrics[key] for key in quality_fields if key in metrics}
+    logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+    metrics |= ranked_quality(args.dataset, logits, prediction.label_ids, multi_label)
+    quality = {key: metrics[key] for key in QUALITY_FIELDS if key in metrics}
     return dict(
         quality,
         train_seconds=result.metrics["train_runtime"],
@@ -108,6 +115,19 @@ def train_and_evaluate(model, tokenizer, data, args, seed: int, learning_rate: f
         eval_seconds=eval_seconds,
         eval_rows_per_second=len(test) / eval_seconds,
     )
+
+
+def ranked_quality(dataset: str, scores: np.ndarray, labels: np.ndarray, multi_label: bool) -> dict[str, float]:
+    """Precision@k and recall@k on the datasets of `RANKING_CUTOFFS`; nothing on the others.
+
+    Args:
+        dataset: the benchmark dataset's name.
+        scores: `[num_rows, num_labels]` logits.
+        labels: `[num_rows]` class ids or `[num_rows, num_labels]` multi-hot rows.
+        multi_label: whether `labels` is multi-hot.
+    """
+    cutoffs = RANKING_CUTOFFS.get(dataset)
+    return ranking_metrics(scores, labels, multi_label, cutoffs) if cutoffs else {}
 
 
 def lora_kwargs(args) -> dict[str, Any]:
@@ -301,6 +321,7 @@ def run_linear_probe(options: dict[str, str], data, args, seed: int) -> tuple[di
     eval_seconds = time.perf_counter() - start
     test_y = np.asarray(encoded_labels(list(splits["test"]["label"]), len(labels), multi_label))
     metrics = classification_metrics(logits, test_y, multi_label=multi_label)
+    metrics |= ranked_quality(args.dataset, logits, test_y, multi_label)
     estimators = classifier.estimators_ if multi_label else [classifier]
     weight = np.concatenate([e.coef_ for e in estimators]).astype(np.float32)
     bias = np.concatenate([e.intercept_ for e in estimators]).astype(np.float32)

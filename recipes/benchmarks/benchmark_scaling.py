@@ -11,15 +11,15 @@ alike; the ratio of the medians is reported. Attention modes:
 
 CPU (default): MiniLM-shaped BERT (6 x 384) and a small Llama shape (8 x 512), fp32.
 
-    python recipes/benchmark_scaling.py
-    python recipes/benchmark_scaling.py --timed_steps 3 --warmup_steps 1 --batch_size 2 --length 32   # smoke
+    python -m recipes.benchmarks.benchmark_scaling
+    python -m recipes.benchmarks.benchmark_scaling --timed_steps 3 --warmup_steps 1 --batch_size 2 --length 32   # smoke
 
 CUDA (--cuda): BERT-base (12 x 768, batch 64 x 256) and the TinyLlama-1.1B shape (22 x 2048, batch 16 x 512), bf16,
 with peak memory per model (torch.cuda.max_memory_allocated above what was allocated before the model was built).
 
-    python recipes/benchmark_scaling.py --cuda
+    python -m recipes.benchmarks.benchmark_scaling --cuda
 
-Writes <output_dir>/scaling_cpu.json or scaling_cuda.json; recipes/make_benchmarks_md.py renders it.
+Writes <output_dir>/scaling_cpu.json or scaling_cuda.json; `python -m recipes.benchmarks.make_benchmarks_md` renders it.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from benchmark_common import command_line, environment_info
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
 from labeltok_peft import LabelTokConfig, get_labeltok_model
+
+from .benchmark_common import command_line, environment_info
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,9 @@ SKIPPED_STATUS = {"impossible": "impossible", "oom": "out of memory"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__spec__.name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cuda", action="store_true", help="GPU mode: BERT-base and 1.1B-Llama shapes in bf16")
     parser.add_argument("--backbones", default=None, help=f"comma-separated, from {', '.join(SHAPES)}")
     parser.add_argument("--ks", default=None, help="label counts (default: 8,32,128,512,1024; --cuda: up to 2048)")
