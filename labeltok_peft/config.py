@@ -126,6 +126,25 @@ class LabelTokConfig:
             "less memory per pass). None scores all labels in one pass."
         },
     )
+    label_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Late injection (needs label_attention='isolated'): labels join only the last n layers of the "
+            "backbone; the text runs alone below them. Costs about 1 + K*n/(T*L) of a plain pass instead of 1 + K/T. "
+            "Label rows then live in the hidden space of layer L-n ('label_text' starts them from the layer-(L-n) "
+            "hidden state of the label text). None (or n = L) runs the labels through every layer. A different "
+            "model for every n: it is saved with the adapter."
+        },
+    )
+    label_sample_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Training with very many labels (needs label_attention='isolated'): each training step scores "
+            "the batch's positive labels plus uniformly sampled negatives, about this many labels in all (sampled "
+            "softmax with the logQ correction for single-label, BCE on the sampled set for multi-label). "
+            "Evaluation and prediction always score every label. None scores all labels in training too."
+        },
+    )
     per_label_bias: bool = field(
         default=False,
         metadata={"help": "Add a learned bias per label on top of the shared head (a prior per class)."},
@@ -179,6 +198,23 @@ class LabelTokConfig:
                     "LabelTokConfig.label_chunk_size needs label_attention='isolated' (with full attention labels "
                     f"see each other, so chunks would change the logits); got label_attention={self.label_attention.value!r}."
                 )
+        for name in ("label_layers", "label_sample_size"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"LabelTokConfig.{name} must be a positive integer or None; got {value!r}.")
+            if self.label_attention != LabelAttention.ISOLATED:
+                raise ValueError(
+                    f"LabelTokConfig.{name}={value} needs label_attention='isolated' (with full attention the text "
+                    f"and the labels attend to each other in every layer); got "
+                    f"label_attention={self.label_attention.value!r}. Set label_attention='isolated' or {name}=None."
+                )
+        if self.label_sample_size is not None and self.label_sample_size < 2:
+            raise ValueError(
+                f"LabelTokConfig.label_sample_size must be at least 2 (a softmax over one label learns nothing); "
+                f"got {self.label_sample_size!r}."
+            )
         if self.lora is not None and not isinstance(self.lora, dict):
             raise TypeError(
                 f"LabelTokConfig.lora must be a dict of peft.LoraConfig arguments or None; got {type(self.lora).__name__}."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -37,8 +38,78 @@ def validate_texts(texts: Sequence[Any], first_row: int = 0) -> list[str]:
     return texts
 
 
-def _label_id(value: Any, config: LabelTokConfig, row: int) -> int:
+def is_integral(value: Any) -> bool:
+    """An integer, or a float with an integer value (`3.0`, as readers that upcast a column produce); not a bool."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
+
+
+def label_value_kind(value: Any) -> str:
+    """How one raw label value is written: the one set of rules for the library and the command line.
+
+    Returns:
+        `"missing"` (None or NaN), `"empty"` (a blank string), `"name"` (a string; a bool reads as its name),
+        `"id"` (an integer, or an integer-valued float), `"empty_list"`, `"name_list"`, `"number_list"` (numbers or
+        bools: ids or multi-hot, see `number_list_format`), or `"invalid"` (fractional numbers, mappings, lists
+        mixing names and numbers, nested lists).
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "missing"
     if isinstance(value, str):
+        return "name" if value.strip() else "empty"
+    if isinstance(value, bool):
+        return "name"
+    if is_integral(value):
+        return "id"
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "empty_list"
+        if all(isinstance(item, str) and item.strip() for item in value):
+            return "name_list"
+        if all(isinstance(item, numbers.Real) for item in value):
+            return "number_list"
+    return "invalid"
+
+
+def number_list_format(rows: Sequence[Sequence[Any]], num_labels: int | None = None) -> str:
+    """How lists of numbers are read: as label ids or as multi-hot vectors. The one rule for rows and columns.
+
+    - A value outside [0, 1] can only be an id: the lists are ids (all values must then be integers).
+    - A fractional value, a float or a bool is never an id: the lists are multi-hot.
+    - Otherwise (integer zeros and ones) they are multi-hot when every list has the width of the label set (given
+      by `num_labels`, else by the lists themselves when all have one width of at least 2), else ids. With a label
+      set of 2 that reads both ways (`[0, 1]`: both labels, or the second one), which is `"ambiguous"`.
+
+    Args:
+        rows: the lists (one row, or a whole column).
+        num_labels: the size of the label set when known.
+
+    Returns:
+        `"ids"`, `"multi_hot"`, `"ambiguous"` or `"invalid"` (numbers outside [0, 1] that are not all integers).
+    """
+    flat = [item for row in rows for item in row]
+    if any(not 0.0 <= float(item) <= 1.0 for item in flat):
+        return "ids" if all(is_integral(item) for item in flat) else "invalid"
+    if any(isinstance(item, (float, bool)) or not is_integral(item) for item in flat):
+        return "multi_hot"
+    widths = {len(row) for row in rows}
+    width = num_labels if num_labels is not None else (min(widths) if len(widths) == 1 and min(widths) >= 2 else None)
+    if width is None or widths != {width}:
+        return "ids"
+    return "ambiguous" if width == 2 else "multi_hot"
+
+
+def _label_id(value: Any, config: LabelTokConfig, row: int) -> int:
+    kind = label_value_kind(value)
+    if kind in ("missing", "empty"):
+        raise ValueError(f"Row {row} has no label ({value!r}); every training row needs a label.")
+    if kind == "name":
+        value = str(value)
         label_ids = config.label2id
         if value not in label_ids:
             raise ValueError(
@@ -46,7 +117,7 @@ def _label_id(value: Any, config: LabelTokConfig, row: int) -> int:
                 "Add it to LabelTokConfig.labels or drop the rows that carry it."
             )
         return label_ids[value]
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    if kind == "id":
         if not 0 <= int(value) < config.num_labels:
             raise ValueError(
                 f"Row {row} has label id {value}, outside 0..{config.num_labels - 1} for the adapter's "
@@ -64,11 +135,11 @@ def encode_label(value: Any, config: LabelTokConfig, row: int = 0, list_format: 
     """Encodes one row's label: a class id (single-label) or a multi-hot float list (multi-label).
 
     Single-label rows take a label name, a label id, or a one-element list of either. Multi-label rows take a list
-    of label names or ids, a single name or id, or a multi-hot list of `num_labels` numbers.
+    of label names or ids, a single name or id, or a multi-hot list of `num_labels` numbers. Values are read by
+    `label_value_kind` and lists of numbers by `number_list_format`, the rules the command line uses too.
 
-    A list of numbers is multi-hot when it holds floats, or exactly `num_labels` zeros and ones; otherwise it holds
-    label ids. With two labels, a list of two integer zeros and ones reads both ways (`[0, 1]` is "both labels" as
-    ids and "the second label" as multi-hot), so it is refused unless `list_format` says which.
+    With two labels, a list of two integer zeros and ones reads both ways (`[0, 1]` is "both labels" as ids and
+    "the second label" as multi-hot), so it is refused unless `list_format` says which.
 
     Args:
         value: the row's label.
@@ -81,9 +152,10 @@ def encode_label(value: Any, config: LabelTokConfig, row: int = 0, list_format: 
     """
     if list_format not in (None, *MULTI_LABEL_LIST_FORMATS):
         raise ValueError(f"list_format must be one of {MULTI_LABEL_LIST_FORMATS} or None; got {list_format!r}.")
-    if value is None:
-        raise ValueError(f"Row {row} has no label (None); every training row needs a label.")
-    is_list = isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str))
+    kind = label_value_kind(value)
+    if kind in ("missing", "empty"):
+        raise ValueError(f"Row {row} has no label ({value!r}); every training row needs a label.")
+    is_list = kind.endswith("list") or (kind == "invalid" and isinstance(value, (list, tuple)))
     if is_list:
         value = list(value.tolist() if hasattr(value, "tolist") else value)
     if not config.is_multi_label:
@@ -97,7 +169,7 @@ def encode_label(value: Any, config: LabelTokConfig, row: int = 0, list_format: 
         return _label_id(value, config, row)
     if not is_list:
         value = [value]
-    if _reads_as_multi_hot(value, config, row, list_format):
+    if kind == "number_list" and _reads_as_multi_hot(value, config, row, list_format):
         if len(value) != config.num_labels or not all(0.0 <= float(v) <= 1.0 for v in value):
             raise ValueError(
                 f"Row {row} has a multi-hot label {value!r} of width {len(value)}, but the adapter has "
@@ -112,15 +184,10 @@ def encode_label(value: Any, config: LabelTokConfig, row: int = 0, list_format: 
 
 
 def _reads_as_multi_hot(value: list, config: LabelTokConfig, row: int, list_format: str | None) -> bool:
-    numeric = bool(value) and all(isinstance(v, numbers.Real) for v in value)
-    if not numeric:
-        return False
-    if any(isinstance(v, (float, bool)) for v in value):  # never label ids
-        return True
-    zeros_and_ones = len(value) == config.num_labels and set(value) <= {0, 1}
     if list_format is not None:
         return list_format == "multi_hot"
-    if zeros_and_ones and config.num_labels == 2:
+    reading = number_list_format([value], config.num_labels)
+    if reading == "ambiguous":
         as_ids = [config.labels[v] for v in value]
         as_multi_hot = [label for label, v in zip(config.labels, value, strict=True) if v]
         raise ValueError(
@@ -128,7 +195,7 @@ def _reads_as_multi_hot(value: list, config: LabelTokConfig, row: int, list_form
             f"({as_ids}) or as a multi-hot vector ({as_multi_hot}). Write label names, or floats for multi-hot "
             "([0.0, 1.0]), or pass list_format='ids' or list_format='multi_hot'."
         )
-    return zeros_and_ones
+    return reading == "multi_hot"
 
 
 def encode_labels(

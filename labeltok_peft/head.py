@@ -22,12 +22,13 @@ class LabelHead(nn.Module):
         self.score = nn.Linear(hidden_size, 1, dtype=torch.float32)
         self.label_bias = nn.Parameter(torch.zeros(num_labels, dtype=torch.float32)) if per_label_bias else None
 
-    def forward(self, label_hidden: torch.Tensor, label_slice: slice | None = None) -> torch.Tensor:
+    def forward(self, label_hidden: torch.Tensor, label_slice: slice | torch.Tensor | None = None) -> torch.Tensor:
         """Scores label tokens.
 
         Args:
             label_hidden: `[batch, num_labels_in_chunk, hidden]` backbone outputs at the label positions.
-            label_slice: which labels the chunk holds (for the per-label bias); all labels when `None`.
+            label_slice: which labels the chunk holds (for the per-label bias): a slice, a `[num_labels_in_chunk]`
+                tensor of label ids (sampled labels), or `None` for all labels.
 
         Returns:
             `[batch, num_labels_in_chunk]` fp32 logits.

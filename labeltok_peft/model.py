@@ -2,50 +2,32 @@
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
+import contextlib
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .adapters import (
-    delete_adapter,
-    drop_backbone_weights,
-    ignore_missing_backbone_keys,
-    load_adapter,
-    push_adapter_to_hub,
-    save_adapter,
-)
 from .backbone import BackboneInfo, base_transformer, inspect_backbone
 from .config import LabelAttention, LabelPositions, LabelTokConfig, Placement
+from .constants import DEFAULT_ADAPTER_NAME, validate_adapter_name  # noqa: F401 (re-exported)
 from .data import check_labels_tensor, validate_texts
-from .head import LabelHead
-from .label_init import initial_label_table
-from .splice import splice_labels
-
-DEFAULT_ADAPTER_NAME = "default"
-_ADAPTER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def validate_adapter_name(name: str) -> str:
-    """Adapter names become module keys and folder names: letters, digits, `_` and `-` only."""
-    if not isinstance(name, str) or not _ADAPTER_NAME_PATTERN.match(name):
-        raise ValueError(
-            f"Invalid adapter name {name!r}: use letters, digits, '_' and '-' only (no path separators, dots or "
-            "spaces)."
-        )
-    return name
+from .decoding import prediction_rows, probabilities_from_logits, resolve_max_length, resolve_thresholds
+from .label_pass import LabelPassState, check_attention_implementation, run_pass
+from .late_injection import find_layer_list, inject_at, num_layers
+from .registry import AdapterRegistry
+from .sampling import sample_labels, sampled_loss, scatter_scores
+from .splice import insertion_indices, label_token_positions, splice_labels
 
 
-class LabelTokModel(nn.Module):
+class LabelTokModel(AdapterRegistry, nn.Module):
     """A frozen transformers backbone with label-token adapters.
 
     Build it with `get_labeltok_model`. Each adapter owns a label table `[num_labels, hidden]`, a `LabelHead` and
-    optionally LoRA weights in the backbone; the backbone's own weights are never trained and stored once.
+    optionally LoRA weights in the backbone; the backbone's own weights are never trained and stored once. Adding,
+    loading, switching, deleting and saving adapters come from `AdapterRegistry` (registry.py).
 
     Args:
         backbone: a transformers model (`AutoModel`, or an `*ForCausalLM` whose bare transformer is used).
@@ -70,8 +52,8 @@ class LabelTokModel(nn.Module):
         self.active_adapter: str | None = None
         # Per adapter: training data name and metrics written into its model card (see save_pretrained).
         self.adapter_training_info: dict[str, dict[str, Any]] = {}
-        # state_dict() leaves the frozen backbone out, so loading never reports its weights as missing.
-        self.register_load_state_dict_post_hook(ignore_missing_backbone_keys)
+        # state_dict() holds adapter tensors only; loading checks them first and never reports backbone weights.
+        self._register_state_dict_hooks()
 
     # ----------------------------------------------------------------------------------------- adapters
 
@@ -103,65 +85,30 @@ class LabelTokModel(nn.Module):
             raise RuntimeError("This model has no adapter yet; add one with add_adapter(name, config).")
         return self.active_adapter
 
-    def add_adapter(self, adapter_name: str, config: LabelTokConfig) -> None:
-        """Adds a new, freshly initialised adapter and makes it active.
-
-        Args:
-            adapter_name: name of the adapter (letters, digits, `_`, `-`).
-            config: its `LabelTokConfig`.
-        """
-        validate_adapter_name(adapter_name)
-        if adapter_name in self.labeltok_configs:
-            raise ValueError(f"An adapter named {adapter_name!r} already exists; pick another name or delete it first.")
-        self._check_positions(config)
-        lora_config = LoraConfig(**config.lora) if config.lora is not None else None
-        embeddings = self.base_model.get_input_embeddings()
-        table = initial_label_table(config, embeddings, self.tokenizer)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.init_seed)
-            head = LabelHead(self.backbone_info.hidden_size, config.num_labels, config.per_label_bias)
-        if lora_config is not None:
-            # LoRA goes first: it is the only step that can still fail (no module matches target_modules), and
-            # then nothing of the adapter has been added.
-            self._add_lora(adapter_name, lora_config)
-        self.label_tables[adapter_name] = nn.Parameter(table.to(torch.float32))
-        self.heads[adapter_name] = head.to(embeddings.weight.device)
-        self.labeltok_configs[adapter_name] = config
-        self.set_adapter(adapter_name)
-
-    def _add_lora(self, adapter_name: str, lora_config: LoraConfig) -> None:
-        if isinstance(self.backbone, PeftModel):
-            self.backbone.add_adapter(adapter_name, lora_config)
-        else:
-            self.backbone = get_peft_model(self.backbone, lora_config, adapter_name=adapter_name)
-
-    def set_adapter(self, adapter_name: str) -> None:
-        """Makes `adapter_name` the adapter used by `forward` and `predict`; only its weights train."""
-        if adapter_name not in self.labeltok_configs and adapter_name not in self.label_tables:
-            raise KeyError(f"No adapter named {adapter_name!r}; loaded adapters: {self.adapters}.")
-        self.active_adapter = adapter_name
-        for name, table in self.label_tables.items():
-            table.requires_grad_(name == adapter_name)
-        for name, head in self.heads.items():
-            head.requires_grad_(name == adapter_name)
-        if isinstance(self.backbone, PeftModel):
-            has_lora = adapter_name in self.backbone.peft_config
-            if has_lora:
-                self.backbone.base_model.enable_adapter_layers()
-                self.backbone.set_adapter(adapter_name)
-            else:
-                self.backbone.base_model.disable_adapter_layers()
-                for name, parameter in self.backbone.named_parameters():
-                    if "lora_" in name:
-                        parameter.requires_grad_(False)
-
     def _check_positions(self, config: LabelTokConfig) -> None:
         info = self.backbone_info
-        if config.label_attention == LabelAttention.ISOLATED and not info.supports_custom_4d_mask:
-            raise ValueError(
-                f"label_attention='isolated' needs a custom 4D attention mask, which {info.model_type!r} backbones do "
-                "not accept; use label_attention='full' (or an encoder such as BERT, RoBERTa or ModernBERT)."
-            )
+        if config.label_attention == LabelAttention.ISOLATED:
+            if not info.supports_custom_4d_mask:
+                raise ValueError(
+                    f"label_attention='isolated' needs a custom 4D attention mask, which {info.model_type!r} backbones "
+                    "do not accept; use label_attention='full' (or an encoder such as BERT, RoBERTa or ModernBERT)."
+                )
+            check_attention_implementation(self.base_model.config)
+            for name in ("label_layers", "label_sample_size"):
+                if getattr(config, name) is not None and not info.accepts_position_ids:
+                    raise ValueError(
+                        f"{name} runs on the label pass, which needs a backbone whose forward takes position_ids; "
+                        f"{info.model_type!r} backbones do not. Use {name}=None."
+                    )
+        if config.label_layers is not None:
+            depth = num_layers(self.base_model)
+            if depth is None or config.label_layers > depth:
+                raise ValueError(
+                    f"LabelTokConfig.label_layers={config.label_layers} exceeds the {depth} layers of this "
+                    f"{info.model_type!r} backbone; use at most {depth} (or None for all layers)."
+                )
+            if config.label_layers < depth:
+                find_layer_list(self.base_model)  # refuses backbones without one plain layer stack, with the fix
         if config.label_positions == LabelPositions.SHARED and not info.accepts_position_ids:
             raise ValueError(
                 f"label_positions='shared' needs explicit position ids, which {info.model_type!r} backbones do not "
@@ -185,118 +132,6 @@ class LabelTokModel(nn.Module):
         if config.label_positions == LabelPositions.SHARED:
             return info.max_positions - 1
         return info.max_positions - config.num_labels
-
-    # ----------------------------------------------------------------------------------------- save / load
-
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        adapter_name: str | None = None,
-        dataset_name: str | None = None,
-        metrics: dict[str, float] | None = None,
-        model_card: bool = True,
-    ) -> Path:
-        """Saves one adapter (never the backbone) as safetensors + JSON, with a model card; see docs/adapter_format.md.
-
-        Args:
-            save_directory: folder to write; created if needed. Files of an earlier save there are replaced.
-            adapter_name: adapter to save; the active one by default.
-            dataset_name: name of the training data, shown in the model card (kept for later saves).
-            metrics: evaluation metrics (name -> number), shown in the model card (kept for later saves).
-            model_card: write README.md.
-
-        Returns:
-            The folder written.
-        """
-        return save_adapter(self, save_directory, adapter_name, dataset_name, metrics, model_card)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        backbone: nn.Module,
-        adapter_directory: str | os.PathLike,
-        adapter_name: str = DEFAULT_ADAPTER_NAME,
-        is_trainable: bool = False,
-        tokenizer=None,
-    ) -> LabelTokModel:
-        """Builds a model from a backbone and a folder written by `save_pretrained` (the counterpart of PEFT's).
-
-        Args:
-            backbone: the transformers model the adapter was trained on (checked against the saved fingerprint).
-            adapter_directory: the saved adapter folder.
-            adapter_name: name the adapter gets in this model.
-            is_trainable: load for further training; otherwise its weights do not require grad and the model is put
-                in eval mode.
-            tokenizer: the backbone's tokenizer (needed by `predict`).
-
-        Returns:
-            A `LabelTokModel` with the loaded adapter active. Its logits equal those of the saved model (bitwise on
-            the same device and dtype).
-        """
-        model = cls(backbone, tokenizer=tokenizer)
-        model.load_adapter(adapter_directory, adapter_name, is_trainable=is_trainable)
-        if not is_trainable:
-            model.eval()
-        return model
-
-    def load_adapter(
-        self,
-        adapter_directory: str | os.PathLike,
-        adapter_name: str,
-        is_trainable: bool = False,
-        replace: bool = False,
-    ) -> None:
-        """Loads a saved adapter onto this model's backbone, beside the adapters already there.
-
-        Every file and the fit to this backbone are checked before the model changes: on any error nothing is
-        loaded. The active adapter stays as it is (the loaded one becomes active only in a model without adapters);
-        switch with `set_adapter`.
-
-        Args:
-            adapter_directory: a folder written by `save_pretrained`.
-            adapter_name: name of the adapter in this model (letters, digits, `_`, `-`).
-            is_trainable: with `False` its weights are loaded frozen. As in PEFT, `set_adapter(adapter_name)` makes
-                the active adapter trainable.
-            replace: overwrite an adapter of the same name instead of raising an error.
-        """
-        load_adapter(self, adapter_directory, adapter_name, is_trainable=is_trainable, replace=replace)
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        """Removes an adapter (label table, head and LoRA weights); the active adapter cannot be deleted."""
-        delete_adapter(self, adapter_name)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        adapter_name: str | None = None,
-        dataset_name: str | None = None,
-        metrics: dict[str, float] | None = None,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        revision: str | None = None,
-    ):
-        """Uploads one adapter folder (as `save_pretrained` writes it, model card included) to the Hugging Face Hub.
-
-        Returns:
-            The `huggingface_hub.CommitInfo` of the upload.
-        """
-        return push_adapter_to_hub(
-            self, repo_id, adapter_name, dataset_name, metrics, commit_message, private, token, revision
-        )
-
-    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
-        """Returns the adapter tensors only: label tables, heads and LoRA weights of every adapter, no backbone.
-
-        An unmodified `transformers.Trainer` saves `model.state_dict()` as the `model.safetensors` of each checkpoint
-        and resumes with `model.load_state_dict(..., strict=False)`. Leaving the frozen backbone out here keeps those
-        checkpoints at adapter size (plus optimizer state, which only covers trainable tensors anyway) and resuming
-        restores exactly the adapter tensors. The backbone comes from its own checkpoint; its weights are in
-        `model.base_model.state_dict()`. Conversely `load_state_dict` never reports backbone weights as missing, so
-        `model.load_state_dict(other.state_dict())` works with `strict=True`.
-        """
-        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        return drop_backbone_weights(self, state, prefix)
 
     # ----------------------------------------------------------------------------------------- forward
 
@@ -322,6 +157,9 @@ class LabelTokModel(nn.Module):
 
         Returns:
             `SequenceClassifierOutput` with `logits` `[batch, num_labels]` (fp32) and `loss` when labels are given.
+            With `label_sample_size` in training (`model.training` and labels given) only a sampled set of labels is
+            scored (sampling.py): `loss` is the sampled loss, and `logits` holds the sampled labels' scores with the
+            fp32 minimum (finite) at every other label, so its shape never changes. Evaluation scores every label.
         """
         adapter_name = self._require_active()
         config = self.labeltok_configs[adapter_name]
@@ -329,21 +167,130 @@ class LabelTokModel(nn.Module):
             raise ValueError(f"input_ids must have shape [batch, seq_len]; got {tuple(input_ids.shape)}.")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        sampled = None
+        if labels is not None and self._samples_labels(config):
+            labels = check_labels_tensor(labels, config.num_labels, config.is_multi_label)
+            sampled = sample_labels(labels, config.num_labels, config.label_sample_size, config.is_multi_label)
         text_embeds = self.base_model.get_input_embeddings()(input_ids)  # [batch, seq_len, hidden]
         table = self.label_tables[adapter_name]
         head = self.heads[adapter_name]
-        num_labels = config.num_labels
-        chunk = config.label_chunk_size or num_labels
-        logits = []
-        for start in range(0, num_labels, chunk):
-            label_slice = slice(start, min(start + chunk, num_labels))
-            label_hidden = self._label_hidden_states(
-                config, text_embeds, attention_mask, table[label_slice], start, token_type_ids
+        label_ids = sampled.ids if sampled is not None else None
+        if self._uses_label_pass(config):
+            chunks = self._label_pass_hidden_states(config, text_embeds, attention_mask, table, token_type_ids, label_ids)
+        else:
+            if config.label_layers is not None or sampled is not None:
+                raise ValueError(
+                    "label_layers and label_sample_size run on the label pass, which this backbone or setting does not "
+                    "use (it needs label_attention='isolated' and a backbone that takes position_ids); set them to None."
+                )
+            chunks = self._spliced_hidden_states(config, text_embeds, attention_mask, table, token_type_ids)
+        scores = torch.cat([head(label_hidden, label_index) for label_index, label_hidden in chunks], dim=1)
+        if sampled is not None:
+            loss = sampled_loss(scores, labels, sampled, config.is_multi_label)
+            return SequenceClassifierOutput(loss=loss, logits=scatter_scores(scores, sampled, config.num_labels))
+        loss = self._loss(scores, labels, config) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=scores)
+
+    def _samples_labels(self, config: LabelTokConfig) -> bool:
+        """Whether a training step scores a sampled label set (`label_sample_size` below the label count)."""
+        size = config.label_sample_size
+        return self.training and size is not None and size < config.num_labels
+
+    # Tests set this to compare the label pass with the spliced sequence and its isolating 4D mask.
+    _splice_isolated_labels: bool = False
+
+    def _uses_label_pass(self, config: LabelTokConfig) -> bool:
+        """Isolated labels are scored by the label pass wherever the backbone takes explicit position ids."""
+        return (
+            config.label_attention == LabelAttention.ISOLATED
+            and self.backbone_info.accepts_position_ids
+            and not self._splice_isolated_labels
+        )
+
+    def _label_chunks(self, config: LabelTokConfig, label_ids: torch.Tensor | None = None) -> list:
+        """Which labels each backbone call scores: slices of all labels, or pieces of `label_ids` when given."""
+        chunk = config.label_chunk_size or config.num_labels
+        if label_ids is not None:
+            return list(label_ids.split(chunk))
+        return [slice(start, min(start + chunk, config.num_labels)) for start in range(0, config.num_labels, chunk)]
+
+    def _check_position_limit(self, last_position: int) -> None:
+        info = self.backbone_info
+        if info.max_positions is not None and last_position >= info.max_positions:
+            raise ValueError(
+                f"The batch needs position {last_position} but the backbone has {info.max_positions} positions: "
+                f"truncate texts to at most {self.max_text_length()} tokens (max_length) or use "
+                "label_positions='shared'."
             )
-            logits.append(head(label_hidden, label_slice))
-        logits = torch.cat(logits, dim=1)  # [batch, num_labels]
-        loss = self._loss(logits, labels, config) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _spliced_hidden_states(self, config, text_embeds, attention_mask, table, token_type_ids):
+        """Yields `(label_slice, [batch, chunk, hidden])`: text and each chunk of labels in one spliced sequence."""
+        if config.label_attention == LabelAttention.ISOLATED:
+            check_attention_implementation(self.base_model.config)
+        for label_slice in self._label_chunks(config):
+            hidden = self._label_hidden_states(
+                config, text_embeds, attention_mask, table[label_slice], label_slice.start, token_type_ids
+            )
+            yield label_slice, hidden
+
+    def _label_pass_hidden_states(self, config, text_embeds, attention_mask, table, token_type_ids, label_ids=None):
+        """Yields `(label_index, [batch, chunk, hidden])` from one text pass and one label call per chunk.
+
+        With `config.label_layers = n` below the backbone's depth, each label call runs the label rows through the
+        last n layers only (late_injection.py); the text pass is the same full pass.
+
+        Args:
+            config: the active adapter's config (isolated attention).
+            text_embeds: `[batch, seq_len, hidden]` input embeddings of the text.
+            attention_mask: `[batch, seq_len]` 1 for real tokens, 0 for padding.
+            table: `[num_labels, hidden]` the adapter's label table.
+            token_type_ids: `[batch, seq_len]` optional segment ids (labels get segment 0).
+            label_ids: `[set_size]` the labels to score (a training step's sampled set), or `None` for all.
+        """
+        info = self.backbone_info
+        base_config = self.base_model.config
+        name = check_attention_implementation(base_config)
+        late = self._late_layers(config)
+        batch_size = text_embeds.shape[0]
+        mask = attention_mask.to(device=text_embeds.device, dtype=torch.long)
+        insert_at = insertion_indices(mask, self._after_last_token(config))
+        shared = config.label_positions == LabelPositions.SHARED
+        text_positions, all_label_positions = label_token_positions(
+            mask, insert_at, config.num_labels, shared_positions=shared
+        )
+        self._check_position_limit(int(torch.cat([text_positions, all_label_positions], dim=1).max()))
+        state = LabelPassState(text_positions=text_positions, text_real=mask.bool())
+        text_inputs: dict[str, Any] = {"inputs_embeds": text_embeds, "attention_mask": mask}
+        text_inputs["position_ids"] = text_positions + info.position_offset
+        use_token_types = token_type_ids is not None and info.accepts_token_type_ids
+        if use_token_types:
+            text_inputs["token_type_ids"] = token_type_ids.to(text_embeds.device)
+        if info.is_causal:
+            text_inputs["use_cache"] = False
+        run_pass(self.backbone, base_config, name, state, "text", **text_inputs)
+        for label_index in self._label_chunks(config, label_ids):
+            rows = table[label_index].to(text_embeds.dtype)[None].expand(batch_size, -1, -1)
+            num_rows = rows.shape[1]
+            state.label_positions = all_label_positions[:, label_index]
+            label_inputs: dict[str, Any] = {
+                "inputs_embeds": rows,
+                "attention_mask": torch.ones(batch_size, num_rows, dtype=torch.long, device=text_embeds.device),
+                "position_ids": state.label_positions + info.position_offset,
+            }
+            if use_token_types:
+                label_inputs["token_type_ids"] = torch.zeros_like(label_inputs["attention_mask"])
+            if info.is_causal:
+                label_inputs["use_cache"] = False
+            with inject_at(self.base_model, late, rows) if late else contextlib.nullcontext():
+                label_hidden = run_pass(self.backbone, base_config, name, state, "labels", **label_inputs)
+            yield label_index, label_hidden
+
+    def _late_layers(self, config: LabelTokConfig) -> int | None:
+        """`config.label_layers` when it is below the backbone's depth (late injection), else `None`."""
+        depth = num_layers(self.base_model)
+        if config.label_layers is None or depth is None or config.label_layers >= depth:
+            return None
+        return config.label_layers
 
     def _label_hidden_states(
         self,
@@ -369,14 +316,7 @@ class LabelTokModel(nn.Module):
             position_offset=info.position_offset,
             token_type_ids=token_type_ids if info.accepts_token_type_ids else None,
         )
-        if info.max_positions is not None:
-            last_position = int(spliced.position_ids.max()) - info.position_offset
-            if last_position >= info.max_positions:
-                raise ValueError(
-                    f"The batch needs position {last_position} but the backbone has {info.max_positions} positions: "
-                    f"truncate texts to at most {self.max_text_length()} tokens (max_length) or use "
-                    "label_positions='shared'."
-                )
+        self._check_position_limit(int(spliced.position_ids.max()) - info.position_offset)
         kwargs: dict[str, Any] = {"inputs_embeds": spliced.inputs_embeds, "attention_mask": spliced.attention_mask}
         if info.accepts_position_ids:
             kwargs["position_ids"] = spliced.position_ids
@@ -417,13 +357,18 @@ class LabelTokModel(nn.Module):
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
         """Turns on the backbone's gradient checkpointing (called by `Trainer` for `gradient_checkpointing=True`).
 
-        The spliced `inputs_embeds` require grad through the label rows, so reentrant checkpointing works with a
-        frozen backbone without `enable_input_require_grads`.
+        Checkpointing is non-reentrant unless `use_reentrant=True` is asked for. Isolated attention (the label pass)
+        refuses reentrant checkpointing at forward time: its layers run without gradients, so the text keys/values the
+        labels attend to would carry none. With full attention the spliced `inputs_embeds` require grad through the
+        label rows, so both kinds work with a frozen backbone.
 
         Args:
-            gradient_checkpointing_kwargs: passed to `torch.utils.checkpoint.checkpoint` (e.g. `use_reentrant`).
+            gradient_checkpointing_kwargs: passed to `torch.utils.checkpoint.checkpoint` (e.g. `use_reentrant`);
+                `{"use_reentrant": False}` when omitted.
             kwargs: further options of newer transformers (`every_n_layers`, `offload`), passed to the backbone.
         """
+        if gradient_checkpointing_kwargs is None:
+            gradient_checkpointing_kwargs = {"use_reentrant": False}
         base = self.base_model
         if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
             base.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
@@ -460,9 +405,9 @@ class LabelTokModel(nn.Module):
 
         Args:
             texts: one text or a list of texts.
-            batch_size: texts per forward pass.
-            threshold: multi-label only: probability above which a label is predicted; one value, or one per label
-                (a list in label order or a dict keyed by label name).
+            batch_size: texts per forward pass (at least 1).
+            threshold: multi-label only: probability at or above which a label is predicted, in [0, 1]; one value,
+                or one per label (a list in label order or a dict keyed by label name).
             max_length: truncate texts to this many tokens (default: what fits beside the labels, at most 512).
 
         Returns:
@@ -471,14 +416,13 @@ class LabelTokModel(nn.Module):
         """
         if self.tokenizer is None:
             raise ValueError("predict() needs a tokenizer: pass tokenizer=... to get_labeltok_model or from_pretrained.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
         single = isinstance(texts, str)
         texts = validate_texts([texts] if single else texts)
         config = self.labeltok_config
         thresholds = _threshold_vector(threshold, config)
-        limit = self.max_text_length()
-        max_length = max_length or min(512, limit or 512)
-        if limit is not None and max_length > limit:
-            raise ValueError(f"max_length={max_length} does not fit beside the labels; at most {limit} tokens do.")
+        max_length = resolve_max_length(self, max_length, self.tokenizer, flag="max_length")
         was_training = self.training
         self.eval()
         results: list[dict[str, Any]] = []
@@ -492,31 +436,16 @@ class LabelTokModel(nn.Module):
                     return_tensors="pt",
                 ).to(self.device)
                 logits = self(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
-                probabilities = logits.sigmoid() if config.is_multi_label else logits.softmax(dim=-1)
-                for row in probabilities.cpu():
-                    scores = {label: float(p) for label, p in zip(config.labels, row)}
-                    if config.is_multi_label:
-                        chosen = [label for label, p, t in zip(config.labels, row, thresholds) if float(p) >= t]
-                        results.append({"labels": chosen, "scores": scores})
-                    else:
-                        best = int(row.argmax())
-                        results.append({"label": config.labels[best], "score": float(row[best]), "scores": scores})
+                probabilities = probabilities_from_logits(logits.float().cpu().numpy(), config.is_multi_label)
+                results += prediction_rows(probabilities, config.labels, config.is_multi_label, thresholds)
         finally:
             self.train(was_training)
         return results[0] if single else results
 
 
-def _threshold_vector(threshold: float | dict[str, float] | list[float], config: LabelTokConfig) -> list[float]:
-    if isinstance(threshold, dict):
-        unknown = sorted(set(threshold) - set(config.labels))
-        if unknown:
-            raise ValueError(f"Thresholds given for unknown labels {unknown}; known labels: {config.labels}.")
-        return [float(threshold.get(label, 0.5)) for label in config.labels]
-    if isinstance(threshold, (list, tuple)):
-        if len(threshold) != config.num_labels:
-            raise ValueError(f"Got {len(threshold)} thresholds for {config.num_labels} labels; give one per label.")
-        return [float(t) for t in threshold]
-    return [float(threshold)] * config.num_labels
+def _threshold_vector(threshold: float | dict[str, float] | list[float] | None, config: LabelTokConfig) -> list[float]:
+    """One checked threshold per label of `config` (see `decoding.resolve_thresholds`)."""
+    return resolve_thresholds(threshold, config.labels, source="threshold")
 
 
 def get_labeltok_model(

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 from .config import LabelTokConfig
-
-# Hub metadata (`base_model`, `datasets`) must be repository ids; local paths and free-form names stay in the body.
-_HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?$")
+from .constants import is_hub_id
 
 
 @dataclass
@@ -41,12 +38,8 @@ class ModelCardInfo:
     repo_id: str | None = None
 
 
-def is_hub_id(name: str | None) -> bool:
-    """Whether `name` looks like a Hub repository id (`org/name` or `name`) rather than a local path."""
-    return bool(name) and not name.startswith((".", "/", "~")) and _HUB_ID_PATTERN.match(name) is not None
-
-
 def _metadata_yaml(info: ModelCardInfo) -> str:
+    # Hub metadata (`base_model`, `datasets`) must be repository ids; local paths and free-form names stay in the body.
     from huggingface_hub import ModelCardData
 
     tags = ["labeltok-peft", "label-tokens", "text-classification"]

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, TextClassificationPipeline
 
+from .decoding import resolve_max_length
+
 
 class LabelTokPipelineModel(nn.Module):
     """A `LabelTokModel` as the pipeline sees it: a module with a `config` and a forward returning logits.
@@ -95,10 +97,7 @@ def labeltok_pipeline(model: nn.Module, tokenizer=None, max_length: int | None =
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise ValueError("labeltok_pipeline needs a tokenizer: pass tokenizer=... or load the model with one.")
-    limit = model.max_text_length()
-    max_length = max_length or min(512, limit or 512)
-    if limit is not None and max_length > limit:
-        raise ValueError(f"max_length={max_length} does not fit beside the labels; at most {limit} tokens do.")
+    max_length = resolve_max_length(model, max_length, tokenizer, flag="max_length")
     kwargs.setdefault("truncation", True)
     kwargs.setdefault("max_length", max_length)
     model.eval()

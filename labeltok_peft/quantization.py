@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .machine import accelerator_available
+
 QUANTIZED_LINEAR_CLASSES = ("Linear4bit", "Linear8bitLt")
 GGUF_CACHE_ENV = "LABELTOK_PEFT_CACHE"
 
@@ -46,11 +48,6 @@ def default_compute_dtype() -> torch.dtype:
     return torch.bfloat16
 
 
-def _accelerator_available() -> bool:
-    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
-    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
-
-
 def default_device_map() -> dict[str, str]:
     """`{"": device}` placing the whole backbone on this process's device (accelerate's `PartialState().device`).
 
@@ -70,7 +67,7 @@ def default_device_map() -> dict[str, str]:
 def _partial_state():
     from accelerate import PartialState
 
-    return PartialState(cpu=not _accelerator_available())
+    return PartialState(cpu=not accelerator_available())
 
 
 def quantization_config(

@@ -3,53 +3,67 @@
 A saved adapter is a folder (the format is described in docs/adapter_format.md):
 
 ```
-labeltok_config.json            format version, library version, LabelTokConfig, backbone fingerprint, training info
+labeltok_config.json            format version, library version, LabelTokConfig, backbone fingerprint, training info,
+                                sha256 of every other file it describes and of its own content
 labeltok_adapter.safetensors    label_table [num_labels, hidden], head.score.weight [1, hidden], head.score.bias [1],
                                 head.label_bias [num_labels] (only with per_label_bias)
 lora/adapter_config.json        only for adapters with LoRA: PEFT's own format, so
 lora/adapter_model.safetensors  `peft.PeftModel.from_pretrained(backbone, "<folder>/lora")` loads it alone
-README.md                       generated model card
+README.md                       generated model card (free to edit: not part of the integrity check)
 ```
 
-`read_adapter` reads and checks every file without touching any model; `adapters.load_adapter` then checks the
-adapter against the live backbone before the model changes, so a bad folder raises a clear error and leaves the
-model as it was.
+`read_adapter` reads every file once, checks it (hash, structure, shapes, finite values) and never touches a model;
+the model then checks the adapter against the live backbone before it changes. `write_adapter` writes a complete
+folder beside the target and switches it in (`folder_swap`). This module imports no model: the backbone
+fingerprint is built from the backbone and its `BackboneInfo`.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import logging
+import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import LoraConfig
-from peft.utils import CONFIG_NAME as LORA_CONFIG_NAME
-from peft.utils import SAFETENSORS_WEIGHTS_NAME as LORA_WEIGHTS_NAME
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 
 from .config import LabelTokConfig
+from .constants import (
+    ADAPTER_FOLDER_ENTRIES,
+    CONFIG_NAME,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LORA_CONFIG_NAME,
+    LORA_SUBFOLDER,
+    LORA_WEIGHTS_NAME,
+    MODEL_CARD_NAME,
+    WEIGHTS_NAME,
+)
+from .folder_swap import ASIDE_MARK, replace_folder, write_file
 from .model_card import ModelCardInfo, model_card_text
 
 if TYPE_CHECKING:
-    from .model import LabelTokModel
+    from torch import nn
 
-FORMAT_NAME = "labeltok-peft-adapter"
-FORMAT_VERSION = 1
-CONFIG_NAME = "labeltok_config.json"
-WEIGHTS_NAME = "labeltok_adapter.safetensors"
-LORA_SUBFOLDER = "lora"
-MODEL_CARD_NAME = "README.md"
+    from .backbone import BackboneInfo
+
+logger = logging.getLogger(__name__)
+
+LORA_CONFIG_PATH = f"{LORA_SUBFOLDER}/{LORA_CONFIG_NAME}"
+LORA_WEIGHTS_PATH = f"{LORA_SUBFOLDER}/{LORA_WEIGHTS_NAME}"
 
 
 class AdapterFormatError(ValueError):
-    """A saved adapter's files exist but their content is invalid (corrupt, truncated, inconsistent)."""
+    """A saved adapter's files exist but their content is invalid (corrupt, truncated, edited, inconsistent)."""
 
 
 class BackboneMismatchError(ValueError):
@@ -75,8 +89,8 @@ class BackboneFingerprint:
     name_or_path: str | None
 
     @classmethod
-    def of(cls, model: LabelTokModel) -> BackboneFingerprint:
-        base = model.base_model
+    def of(cls, base: nn.Module, info: BackboneInfo) -> BackboneFingerprint:
+        """The fingerprint of a bare transformer (`LabelTokModel.base_model`) described by `info`."""
         config = base.config
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         layers = next(
@@ -88,8 +102,8 @@ class BackboneFingerprint:
             None,
         )
         return cls(
-            model_type=model.backbone_info.model_type,
-            hidden_size=model.backbone_info.hidden_size,
+            model_type=info.model_type,
+            hidden_size=info.hidden_size,
             num_layers=None if layers is None else int(layers),
             vocab_size=int(base.get_input_embeddings().weight.shape[0]),
             name_or_path=getattr(config, "_name_or_path", None) or None,
@@ -104,6 +118,38 @@ class BackboneFingerprint:
         return f"{self.model_type!r} backbone with hidden size {self.hidden_size}{layers}{name}"
 
 
+def check_fingerprint(saved: BackboneFingerprint, current: BackboneFingerprint, source: str | os.PathLike) -> None:
+    """Raises `BackboneMismatchError` if `saved` describes a backbone of another architecture than `current`.
+
+    Model type, hidden size and layer count must match. Another vocabulary size or name only logs a warning: the
+    label table does not depend on the vocabulary, and the same weights are often loaded from different paths.
+    """
+    hard = [
+        (label, getattr(saved, key), getattr(current, key))
+        for label, key in (("model type", "model_type"), ("hidden size", "hidden_size"), ("layer count", "num_layers"))
+        if getattr(saved, key) is not None
+        and getattr(current, key) is not None
+        and getattr(saved, key) != getattr(current, key)
+    ]
+    if hard:
+        differences = "; ".join(f"{label}: saved {old!r}, this backbone {new!r}" for label, old, new in hard)
+        raise BackboneMismatchError(
+            f"The adapter in {source} was saved on a {saved.describe()}, but this model's backbone is a "
+            f"{current.describe()} ({differences}). Load it onto the backbone it was trained on."
+        )
+    if saved.vocab_size is not None and saved.vocab_size != current.vocab_size:
+        logger.warning(
+            "Adapter %s was saved on a backbone with %s tokens; this one has %s.",
+            source,
+            saved.vocab_size,
+            current.vocab_size,
+        )
+    if saved.name_or_path and current.name_or_path and Path(saved.name_or_path).name != Path(current.name_or_path).name:
+        logger.warning(
+            "Adapter %s was saved on %r; loading it onto %r.", source, saved.name_or_path, current.name_or_path
+        )
+
+
 @dataclass
 class AdapterPayload:
     """Everything one adapter consists of, detached from any model (read from disk or captured from a model).
@@ -114,7 +160,8 @@ class AdapterPayload:
         tensors: `label_table` `[num_labels, hidden]`, `head.score.weight` `[1, hidden]`, `head.score.bias` `[1]` and,
             with `per_label_bias`, `head.label_bias` `[num_labels]`; fp32, on the CPU when read from disk.
         lora_config: PEFT `LoraConfig`, or `None` for an adapter without LoRA.
-        lora_state: LoRA tensors in PEFT's saved form (keys `base_model.model.<module>.lora_A.weight`, ...).
+        lora_state: LoRA tensors in PEFT's saved form (keys `base_model.model.<module>.lora_A.weight`, ...); `None`
+            for an adapter without LoRA, and for a new adapter whose LoRA weights PEFT initialises.
         training: optional `dataset_name` and `metrics` shown in the model card.
         library_version: labeltok-peft version that wrote the adapter.
     """
@@ -140,7 +187,32 @@ def expected_tensor_shapes(config: LabelTokConfig, hidden_size: int) -> dict[str
     return shapes
 
 
-# --------------------------------------------------------------------------------------------------- model -> disk
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Raises `AdapterFormatError` naming the first tensor that holds NaN or infinity."""
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise AdapterFormatError(
+                f"Tensor {key!r} of {source} holds {bad} NaN or infinite value(s); the adapter is broken (training "
+                "diverged?): retrain it, or use an earlier checkpoint."
+            )
+
+
+def training_section(dataset_name: str | None, metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The `training` entries (dataset name, metrics) that `save_pretrained` records for the model card."""
+    section: dict[str, Any] = {}
+    if dataset_name is not None:
+        section["dataset_name"] = str(dataset_name)
+    if metrics is not None:
+        clean: dict[str, float | None] = {}
+        for name, value in metrics.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"Metric {name!r} must be a number; got {value!r}.") from None
+            clean[str(name)] = number if math.isfinite(number) else None  # JSON has no NaN/inf: stored as null
+        section["metrics"] = clean
+    return section
 
 
 def library_version() -> str:
@@ -149,17 +221,7 @@ def library_version() -> str:
     return __version__
 
 
-def _config_document(payload: AdapterPayload, adapter_name: str) -> dict[str, Any]:
-    return {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "library_version": payload.library_version,
-        "adapter_name": adapter_name,
-        "labeltok_config": payload.config.to_dict(),
-        "backbone": payload.backbone.to_dict(),
-        "lora_subfolder": LORA_SUBFOLDER if payload.lora_config is not None else None,
-        "training": payload.training,
-    }
+# --------------------------------------------------------------------------------------------------- model -> disk
 
 
 def _json_value(value: Any) -> Any:
@@ -174,14 +236,11 @@ def _json_value(value: Any) -> Any:
     )
 
 
-def _write_lora(payload: AdapterPayload, folder: Path) -> None:
-    folder.mkdir()
-    lora_config = copy.deepcopy(payload.lora_config)
-    lora_config.inference_mode = True
-    lora_config.base_model_name_or_path = payload.backbone.name_or_path
-    lora_config.save_pretrained(str(folder))
-    state = {key: value.detach().cpu().contiguous() for key, value in payload.lora_state.items()}
-    save_file(state, folder / LORA_WEIGHTS_NAME, metadata={"format": "pt"})
+def _canonical_sha256(document: dict[str, Any]) -> str:
+    """sha256 of a config document without its `integrity` section, in one canonical JSON form."""
+    content = {key: value for key, value in document.items() if key != "integrity"}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=_json_value)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _card_info(payload: AdapterPayload, adapter_name: str, repo_id: str | None) -> ModelCardInfo:
@@ -200,6 +259,46 @@ def _card_info(payload: AdapterPayload, adapter_name: str, repo_id: str | None) 
     )
 
 
+def _write_files(
+    payload: AdapterPayload, folder: Path, adapter_name: str, model_card: bool, repo_id: str | None
+) -> None:
+    """Fills an empty folder with the adapter's files; the config, with the hashes of the others, comes last."""
+    hashes: dict[str, str] = {}
+
+    def put(relative: str, data: bytes) -> None:
+        write_file(folder / relative, data)
+        hashes[relative] = hashlib.sha256(data).hexdigest()
+
+    tensors = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in payload.tensors.items()}
+    put(WEIGHTS_NAME, save_safetensors(tensors, metadata={"format": "pt"}))
+    if payload.lora_config is not None:
+        (folder / LORA_SUBFOLDER).mkdir()
+        lora_config = copy.deepcopy(payload.lora_config)
+        lora_config.inference_mode = True
+        lora_config.base_model_name_or_path = payload.backbone.name_or_path
+        lora_config.save_pretrained(str(folder / LORA_SUBFOLDER))  # PEFT's own writer, so PEFT reads it back alone
+        hashes[LORA_CONFIG_PATH] = hashlib.sha256((folder / LORA_CONFIG_PATH).read_bytes()).hexdigest()
+        state = {key: value.detach().cpu().contiguous() for key, value in payload.lora_state.items()}
+        put(LORA_WEIGHTS_PATH, save_safetensors(state, metadata={"format": "pt"}))
+    if model_card:
+        write_file(
+            folder / MODEL_CARD_NAME, model_card_text(_card_info(payload, adapter_name, repo_id)).encode("utf-8")
+        )
+    document = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "library_version": payload.library_version,
+        "adapter_name": adapter_name,
+        "labeltok_config": payload.config.to_dict(),
+        "backbone": payload.backbone.to_dict(),
+        "lora_subfolder": LORA_SUBFOLDER if payload.lora_config is not None else None,
+        "training": payload.training,
+    }
+    document["integrity"] = {"algorithm": "sha256", "files": hashes, "config": _canonical_sha256(document)}
+    text = json.dumps(document, indent=2, sort_keys=True, default=_json_value) + "\n"
+    write_file(folder / CONFIG_NAME, text.encode("utf-8"))
+
+
 def write_adapter(
     payload: AdapterPayload,
     save_directory: str | os.PathLike,
@@ -207,42 +306,64 @@ def write_adapter(
     model_card: bool = True,
     repo_id: str | None = None,
 ) -> Path:
-    """Writes an adapter folder; files are first written to a temporary folder, then moved into place."""
-    target = Path(save_directory)
-    if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"{target} is a file; save_pretrained needs a folder path.")
-    target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".labeltok-save-", dir=target))
-    try:
-        tensors = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in payload.tensors.items()}
-        save_file(tensors, staging / WEIGHTS_NAME, metadata={"format": "pt"})
-        if payload.lora_config is not None:
-            _write_lora(payload, staging / LORA_SUBFOLDER)
-        if model_card:
-            card = model_card_text(_card_info(payload, adapter_name, repo_id))
-            (staging / MODEL_CARD_NAME).write_text(card, encoding="utf-8")
-        document = json.dumps(_config_document(payload, adapter_name), indent=2, sort_keys=True, default=_json_value)
-        (staging / CONFIG_NAME).write_text(document + "\n", encoding="utf-8")
-        # An earlier save's config goes first, so that a crash while files are replaced leaves no folder whose config
-        # describes weights it does not have; a stale lora/ folder must not outlive a save without LoRA.
-        (target / CONFIG_NAME).unlink(missing_ok=True)
-        if (target / LORA_SUBFOLDER).is_dir():
-            shutil.rmtree(target / LORA_SUBFOLDER)
-        # The config goes last: a folder with a config always has the weights it describes.
-        for name in (WEIGHTS_NAME, LORA_SUBFOLDER, MODEL_CARD_NAME, CONFIG_NAME):
-            if (staging / name).exists():
-                os.replace(staging / name, target / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    """Writes an adapter folder crash-safely: a complete new folder is written beside it and switched in.
+
+    Raises:
+        ValueError: an empty path (it would mean the current folder).
+        AdapterFormatError: a tensor holds NaN or infinity (nothing is written).
+        folder_swap.FolderWriteError: writing failed (for example a full disk); the folder is left as it was.
+    """
+    if not str(save_directory).strip():
+        raise ValueError(
+            "save_pretrained needs a folder path; got an empty string (give a folder such as 'my_adapter')."
+        )
+    check_finite(payload.tensors, f"adapter {adapter_name!r}")
+    check_finite(payload.lora_state or {}, f"the LoRA weights of adapter {adapter_name!r}")
+    return replace_folder(
+        save_directory,
+        lambda folder: _write_files(payload, folder, adapter_name, model_card, repo_id),
+        owned_names=ADAPTER_FOLDER_ENTRIES,
+    )
 
 
 # --------------------------------------------------------------------------------------------------- disk -> payload
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+class _FolderReader:
+    """Reads the files of one adapter folder once each, refusing symlinks that leave `root` and checking hashes."""
+
+    def __init__(self, directory: Path, root: Path | None) -> None:
+        self.directory = directory
+        self.root = (root or directory).resolve()
+        self.hashes: dict[str, str] | None = None
+
+    def path(self, relative: str) -> Path:
+        return self.directory / relative
+
+    def read(self, relative: str, missing_hint: str = "the adapter folder is incomplete") -> bytes:
+        path = self.path(relative)
+        if not path.is_file():
+            raise FileNotFoundError(f"Missing {relative} in {self.directory}: {missing_hint}.")
+        real = path.resolve()
+        if not real.is_relative_to(self.root):
+            raise AdapterFormatError(
+                f"{path} is a symlink to {real}, outside the adapter folder; refusing to follow it. Copy the real "
+                "file into the folder instead."
+            )
+        data = real.read_bytes()
+        if self.hashes is not None:
+            expected = self.hashes.get(relative)
+            if expected is None or hashlib.sha256(data).hexdigest() != expected:
+                raise AdapterFormatError(
+                    f"{path} does not match the sha256 recorded in {CONFIG_NAME} when the adapter was saved: it was "
+                    "edited, or the folder mixes files of two saves. Save the adapter again (or download it again)."
+                )
+        return data
+
+
+def _parse_json(data: bytes, path: Path) -> dict[str, Any]:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AdapterFormatError(f"{path} is not valid JSON ({error}); save the adapter again.") from None
     if not isinstance(document, dict):
@@ -250,12 +371,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     return document
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"Missing {path.name} in {path.parent}: the adapter folder is incomplete.")
+def _parse_safetensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:
     try:
-        return load_file(path, device="cpu")
-    except SafetensorError as error:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
         raise AdapterFormatError(
             f"{path} is truncated or not a safetensors file ({error}); save or download the adapter again."
         ) from None
@@ -263,7 +382,11 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def _require_folder(directory: Path) -> None:
     if not directory.exists():
-        raise FileNotFoundError(f"No adapter folder at {directory}; pass the folder written by save_pretrained.")
+        hint = ""
+        parent = directory.parent
+        if parent.is_dir() and any(p.name.startswith(f".{directory.name}{ASIDE_MARK}") for p in parent.iterdir()):
+            hint = " A save there was interrupted: saving again restores the previous adapter (kept beside it)."
+        raise FileNotFoundError(f"No adapter folder at {directory}; pass the folder written by save_pretrained.{hint}")
     if not directory.is_dir():
         raise NotADirectoryError(f"{directory} is a file; pass the folder written by save_pretrained.")
     if not (directory / CONFIG_NAME).is_file():
@@ -277,7 +400,12 @@ def _parse_config_document(document: dict[str, Any], path: Path) -> tuple[LabelT
     if document.get("format") != FORMAT_NAME:
         raise AdapterFormatError(f"{path} is not a labeltok-peft adapter config (format={document.get('format')!r}).")
     version = document.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise AdapterFormatError(
+            f"{path} has format_version {version!r}; saved adapters have a positive whole number there: the file "
+            "was edited or is not an adapter config. Save the adapter again."
+        )
+    if version > FORMAT_VERSION:
         raise AdapterFormatError(
             f"{path} has format version {version!r} (written by labeltok-peft {document.get('library_version')}); "
             f"this labeltok-peft {library_version()} reads version {FORMAT_VERSION} or older: upgrade labeltok-peft."
@@ -293,6 +421,22 @@ def _parse_config_document(document: dict[str, Any], path: Path) -> tuple[LabelT
     if not isinstance(backbone.hidden_size, int) or not isinstance(backbone.model_type, str):
         raise AdapterFormatError(f"{path}: backbone.hidden_size and backbone.model_type are required.")
     return config, backbone
+
+
+def _integrity_hashes(document: dict[str, Any], path: Path) -> dict[str, str] | None:
+    """The recorded file hashes after checking the config's own hash; `None` for folders of format version 1."""
+    if document["format_version"] < 2:
+        return None
+    section = document.get("integrity")
+    files = section.get("files") if isinstance(section, dict) else None
+    if not isinstance(files, dict) or section.get("algorithm") != "sha256":
+        raise AdapterFormatError(f"{path} lacks its integrity section (sha256 of every file); save the adapter again.")
+    if section.get("config") != _canonical_sha256(document):
+        raise AdapterFormatError(
+            f"{path} does not match the sha256 recorded in it when the adapter was saved: it was edited (labels "
+            "reordered or renamed, settings changed) or comes from another save. Save the adapter again."
+        )
+    return {str(key): str(value) for key, value in files.items()}
 
 
 def _check_tensors(tensors: dict[str, torch.Tensor], config: LabelTokConfig, hidden_size: int, path: Path) -> None:
@@ -317,28 +461,27 @@ def _check_tensors(tensors: dict[str, torch.Tensor], config: LabelTokConfig, hid
                 f"{path}: tensor {key!r} has shape {list(tensor.shape)}, expected {list(shape)} "
                 f"({config.num_labels} labels, hidden size {hidden_size} recorded in {CONFIG_NAME})."
             )
+    check_finite(tensors, str(path))
 
 
-def _read_lora(directory: Path) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
-    folder = directory / LORA_SUBFOLDER
-    config_path = folder / LORA_CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"Missing {LORA_SUBFOLDER}/{LORA_CONFIG_NAME} in {directory}: {CONFIG_NAME} says the adapter has LoRA "
-            "weights, but the folder is incomplete."
-        )
-    document = _read_json(config_path)
+def _read_lora(reader: _FolderReader) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+    config_path = reader.path(LORA_CONFIG_PATH)
+    hint = f"{CONFIG_NAME} says the adapter has LoRA weights, but the folder is incomplete"
+    document = _parse_json(reader.read(LORA_CONFIG_PATH, hint), config_path)
     if str(document.get("peft_type", "")).upper() != "LORA":
         raise AdapterFormatError(f"{config_path} is not a LoRA config (peft_type={document.get('peft_type')!r}).")
+    document.pop("runtime_config", None)  # runtime-only settings, as PEFT's own reader drops them
     try:
-        lora_config = LoraConfig.from_pretrained(str(folder))
-    except (TypeError, ValueError) as error:
+        lora_config = LoraConfig.from_peft_type(**LoraConfig.check_kwargs(**document))
+    except (TypeError, ValueError, KeyError) as error:
         raise AdapterFormatError(f"{config_path} is not a valid LoRA config: {error}") from None
-    state = _read_safetensors(folder / LORA_WEIGHTS_NAME)
+    weights_path = reader.path(LORA_WEIGHTS_PATH)
+    state = _parse_safetensors(reader.read(LORA_WEIGHTS_PATH), weights_path)
     if not state or not all(key.startswith("base_model.model.") for key in state):
         raise AdapterFormatError(
-            f"{folder / LORA_WEIGHTS_NAME} does not hold PEFT LoRA tensors (keys 'base_model.model.<module>...')."
+            f"{weights_path} does not hold PEFT LoRA tensors (keys 'base_model.model.<module>...')."
         )
+    check_finite(state, str(weights_path))
     return lora_config, state
 
 
@@ -357,23 +500,32 @@ def _training_of(section: Any) -> dict[str, Any]:
     return training
 
 
-def read_adapter(directory: str | os.PathLike) -> AdapterPayload:
+def read_adapter(directory: str | os.PathLike, root: str | os.PathLike | None = None) -> AdapterPayload:
     """Reads and checks a saved adapter folder without touching any model.
+
+    Args:
+        directory: the adapter folder.
+        root: symlinks may point anywhere inside this folder (default: `directory`; a Hub cache snapshot links
+            into its repository's `blobs/`).
 
     Raises:
         FileNotFoundError: the folder or one of its files is missing.
-        AdapterFormatError: a file is corrupt or truncated, or files disagree (tensor shapes, label count).
+        AdapterFormatError: a file is corrupt, truncated, edited after saving, holds NaN/inf, is a symlink out of the
+            folder, or files disagree (tensor shapes, label count).
     """
     directory = Path(directory)
     _require_folder(directory)
-    config_path = directory / CONFIG_NAME
-    document = _read_json(config_path)
+    reader = _FolderReader(directory, None if root is None else Path(root))
+    config_path = reader.path(CONFIG_NAME)
+    document = _parse_json(reader.read(CONFIG_NAME), config_path)
     config, backbone = _parse_config_document(document, config_path)
-    tensors = _read_safetensors(directory / WEIGHTS_NAME)
-    _check_tensors(tensors, config, backbone.hidden_size, directory / WEIGHTS_NAME)
+    reader.hashes = _integrity_hashes(document, config_path)
+    weights_path = reader.path(WEIGHTS_NAME)
+    tensors = _parse_safetensors(reader.read(WEIGHTS_NAME), weights_path)
+    _check_tensors(tensors, config, backbone.hidden_size, weights_path)
     lora_config, lora_state = None, None
     if config.lora is not None:
-        lora_config, lora_state = _read_lora(directory)
+        lora_config, lora_state = _read_lora(reader)
     elif (directory / LORA_SUBFOLDER).exists():
         raise AdapterFormatError(
             f"{directory} has a {LORA_SUBFOLDER}/ folder but its {CONFIG_NAME} has lora=None; the files do not belong "

@@ -50,6 +50,47 @@ def insertion_indices(attention_mask: torch.Tensor, after_last_token: bool) -> t
     return torch.where(real, positions, real.shape[1]).amin(dim=1) + 1
 
 
+def label_token_positions(
+    attention_mask: torch.Tensor,
+    insert_at: torch.Tensor,
+    num_labels: int,
+    *,
+    shared_positions: bool,
+    first_label_index: int = 0,
+    total_labels: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids of the text and label tokens, before any `position_offset`.
+
+    Positions count real tokens only (rank among real tokens), so padding never shifts them; padding gets position 0.
+    With sequential positions, text after the insertion point moves up by `total_labels` to make room for them.
+
+    Args:
+        attention_mask: `[batch, seq_len]` 1 for real tokens, 0 for padding.
+        insert_at: `[batch]` where the first label goes in each unspliced row (see `insertion_indices`).
+        num_labels: labels in this chunk.
+        shared_positions: all labels take the position of the first label.
+        first_label_index: index of the chunk's first label among all labels.
+        total_labels: labels in all chunks together (defaults to `num_labels`).
+
+    Returns:
+        `[batch, seq_len]` text positions and `[batch, num_labels]` label positions (long).
+    """
+    mask = attention_mask.long()
+    total_labels = num_labels if total_labels is None else total_labels
+    text_index = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    after_insert = text_index >= insert_at[:, None]
+    text_rank = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    first_label_rank = text_rank.gather(1, (insert_at - 1)[:, None]).squeeze(1) + 1  # [batch]
+    label_offsets = torch.arange(num_labels, device=mask.device)
+    if shared_positions:
+        text_positions = text_rank
+        label_positions = first_label_rank[:, None].expand(-1, num_labels)
+    else:
+        text_positions = text_rank + total_labels * after_insert
+        label_positions = first_label_rank[:, None] + first_label_index + label_offsets[None, :]
+    return text_positions * mask, label_positions  # padding gets position 0, never past the limit
+
+
 def splice_labels(
     text_embeds: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -108,16 +149,14 @@ def splice_labels(
     combined = torch.cat([text_embeds, label_embeds.to(text_embeds.dtype)[None].expand(batch_size, -1, -1)], dim=1)
     inputs_embeds = torch.gather(combined, 1, source[:, :, None].expand(-1, -1, hidden))
 
-    # Positions, computed on the unspliced text: rank among real tokens, then room for the labels.
-    text_rank = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    first_label_rank = text_rank.gather(1, (insert_at - 1)[:, None]).squeeze(1) + 1  # [batch]
-    if shared_positions:
-        text_positions = text_rank
-        label_positions = first_label_rank[:, None].expand(-1, num_labels)
-    else:
-        text_positions = text_rank + total_labels * after_insert
-        label_positions = first_label_rank[:, None] + first_label_index + label_offsets[None, :]
-    text_positions = text_positions * mask  # padding gets position 0, never past the limit
+    text_positions, label_positions = label_token_positions(
+        mask,
+        insert_at,
+        num_labels,
+        shared_positions=shared_positions,
+        first_label_index=first_label_index,
+        total_labels=total_labels,
+    )
     positions = torch.cat([text_positions, label_positions], dim=1).gather(1, source) + position_offset
 
     is_label = torch.cat(

@@ -169,8 +169,12 @@ def test_decoder_without_pad_token_is_handled():
     assert tokenizer.pad_token is None
     model = get_labeltok_model(tiny_backbone("llama"), LabelTokConfig(labels=LABELS), tokenizer=tokenizer)
     assert tokenizer.pad_token == tokenizer.eos_token
-    predictions = model.predict(["team won the match", "bank"])
-    assert len(predictions) == 2
+    texts = ["team won the match", "bank"]
+    predictions = model.predict(texts)  # one padded batch
+    alone = [model.predict(text) for text in texts]  # no padding at all
+    for padded, single in zip(predictions, alone, strict=True):
+        assert padded["label"] == single["label"]
+        assert padded["scores"] == pytest.approx(single["scores"], abs=1e-5)
 
 
 def test_label_text_init_without_tokenizer():

@@ -95,3 +95,49 @@ def test_ranking_metrics_are_reported_on_the_many_label_dataset_only():
     assert ranked["precision_at_1"] == 0.5  # row 0 right, row 1 wrong
     assert ranked["precision_at_5"] == pytest.approx((1 / 5 + 1 / 5) / 2)  # each row's true label in its top 5
     assert ranked_quality("wordnet_hypernyms", scores, labels, multi_label=True) == {}
+
+
+@pytest.mark.integration
+def test_few_shot_runs_are_saved_per_shots_and_resume(tmp_path: Path):
+    """--shots_per_class 2,3 trains on 2 then 3 rows per class, each in its own folder; the test split stays whole."""
+    benchmark.main([*TINY, "--output_dir", str(tmp_path), "--methods", "linear_probe", "--seeds", "0,1"])
+    benchmark.main(
+        [
+            *TINY,
+            "--output_dir",
+            str(tmp_path),
+            "--methods",
+            "linear_probe",
+            "--seeds",
+            "0,1",
+            "--shots_per_class",
+            "2,3",
+        ]
+    )
+    full = json.loads((tmp_path / "bbc_news" / "results.json").read_text())
+    for shots in (2, 3):
+        result = json.loads((tmp_path / "bbc_news" / f"shots{shots}" / "results.json").read_text())
+        assert result["shots_per_class"] == shots and result["settings"]["shots_per_class"] == shots
+        assert result["data"]["test_rows"] == full["data"]["test_rows"]
+        for seed in ("0", "1"):
+            row = result["runs"]["linear_probe"][seed]
+            assert row["train_rows"] == 5 * shots
+            assert row["min_label_rows"] == row["max_label_rows"] == shots
+            assert result["data"]["samples"][seed]["train_rows"] == 5 * shots
+    assert "train_rows" not in full["runs"]["linear_probe"]["0"]  # the full run was not replaced by a sample
+    assert "shots_per_class" not in full["settings"]  # runs saved before few shots existed keep matching
+
+    # A second call skips what is saved, per (method, seed, shots).
+    saved = tmp_path / "bbc_news" / "shots3" / "runs" / "linear_probe@seed1.json"
+    written_at = saved.stat().st_mtime_ns
+    benchmark.main(
+        [*TINY, "--output_dir", str(tmp_path), "--methods", "linear_probe", "--seeds", "1", "--shots_per_class", "3"]
+    )
+    assert saved.stat().st_mtime_ns == written_at
+
+
+def test_shots_per_class_is_checked_before_any_training():
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--shots_per_class", "8,x"])
+    args = benchmark.parse_args(["--shots_per_class", "4,8", "--methods", "setfit,linear_probe"])
+    assert args.shots_list == [4, 8] and args.method_list == ["setfit", "linear_probe"]

@@ -10,8 +10,9 @@ import pytest
 from recipe_data import LABELS, make_rows, write_rows
 
 from labeltok_peft.cli.dataset_loading import load_splits, prepare_splits
-from labeltok_peft.cli.label_formats import DataError, LabelFormat, stratified_split_indices
+from labeltok_peft.cli.label_formats import DataError, LabelFormat
 from labeltok_peft.config import ProblemType
+from labeltok_peft.splits import stratified_split_indices
 
 
 def prepared(path, **kwargs):
@@ -200,3 +201,44 @@ def test_too_small_for_a_validation_split(tmp_path):
     path = write_rows([{"text": "a b", "label": "x"}, {"text": "c d", "label": "y"}], tmp_path / "train.csv")
     with pytest.raises(DataError, match="too small for a 10.0% validation split"):
         prepared(path)
+
+
+# ------------------------------------------------------------------------------------------------ issue 13, inputs
+
+
+def test_labels_written_na_none_null_are_labels_not_missing(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\nteam won,NA\nbank profit,None\nfilm star,null\nmarket shares,N/A\n")
+    data = prepared(path, validation_split_percentage=0)
+    assert data.labels == ["N/A", "NA", "None", "null"]
+    assert data.splits["train"]["label"] == ["NA", "None", "null", "N/A"]
+    path.write_text("text,label\nteam won,sport\nbank profit,\n")  # only a truly empty cell is missing
+    with pytest.raises(DataError, match="Row 1 .* has no label"):
+        prepared(path, validation_split_percentage=0)
+
+
+def test_labels_differing_only_by_case_or_whitespace_are_named_in_a_warning(tmp_path, caplog):
+    rows = [{"text": f"text {i}", "label": label} for i, label in enumerate(["sport", "Sport", "sport ", "tech"] * 2)]
+    with caplog.at_level("WARNING", logger="labeltok_peft"):
+        data = prepared(write_rows(rows, tmp_path / "train.jsonl"), validation_split_percentage=0)
+    assert data.labels == ["Sport", "sport", "sport ", "tech"]  # kept apart, as written
+    warning = " ".join(record.getMessage() for record in caplog.records if record.levelname == "WARNING")
+    assert "'Sport', 'sport', 'sport '" in warning
+    assert "tech" not in warning
+
+
+def test_a_numeric_text_column_is_read_as_text(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\n123,a\n4.5,b\n0042,a\n99,b\n")
+    data = prepare_splits(load_splits(train_file=str(path), text_column="text"), validation_split_percentage=0)
+    assert data.splits["train"]["text"] == ["123", "4.5", "0042", "99"]  # as written
+    # A reader that typed the column anyway (JSON numbers): the numbers become their text.
+    numbers = tmp_path / "train.jsonl"
+    numbers.write_text('{"text": 123, "label": "a"}\n{"text": 7, "label": "b"}\n')
+    assert prepared(numbers, validation_split_percentage=0).splits["train"]["text"] == ["123", "7"]
+
+
+def test_too_small_for_a_split_names_the_classes_and_the_flag(tmp_path):
+    rows = [{"text": f"t {i}", "label": "x"} for i in range(3)] + [{"text": "u", "label": "y"}]
+    with pytest.raises(DataError, match=r"Classes with too few rows: 'x' \(3 rows\), 'y' \(1 row\).*--validation_file"):
+        prepared(write_rows(rows, tmp_path / "train.jsonl"))

@@ -65,9 +65,11 @@ def test_minilm_learns_bbc_news_slice(tmp_path):
     )
     trainer.train()
     metrics = trainer.evaluate()
-    assert metrics["eval_accuracy"] > 0.6, metrics  # five balanced classes: chance is 0.2
+    # Measured 0.85 on this slice (2026-11-30, torch 2.13, transformers 5.24); chance is 0.2. The tolerance covers
+    # kernel differences between versions, not a broken adapter.
+    assert metrics["eval_accuracy"] == pytest.approx(0.85, abs=0.07), metrics
     prediction = model.predict("The striker scored twice as the club won the cup final.")
-    assert prediction["label"] in labels
+    assert prediction["label"] == "sport", prediction
 
 
 def test_smollm2_trains_one_step_as_decoder_backbone():

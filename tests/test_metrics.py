@@ -40,3 +40,38 @@ def test_average_precision_without_any_positive_is_nan_not_a_number_that_looks_r
     labels = np.zeros((3, 2))
     metrics = classification_metrics(np.zeros((3, 2)), labels, multi_label=True)
     assert math.isnan(metrics["macro_average_precision"])
+
+
+def test_ranking_metrics_by_hand():
+    from labeltok_peft.metrics import ranking_metrics
+
+    labels = np.array([[1, 0, 0, 1, 0, 0], [0, 1, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.8, 0.3, 0.2, 0.0],  # ranked 0 2 3 4 1: top 1 true, top 2 one of two, top 5 both
+            [0.5, 0.5, 0.0, 0.0, 0.0, 0.9],  # ranked 5 0 1 ...: the tie 0/1 goes to label 0, so top 2 misses
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],  # no true label: counts 0 in precision, left out of recall
+        ]
+    )
+    metrics = ranking_metrics(scores, labels, multi_label=True, ks=(1, 2, 5))
+    assert metrics["precision_at_1"] == pytest.approx((1 + 0 + 0) / 3)
+    assert metrics["precision_at_2"] == pytest.approx((1 / 2 + 0 + 0) / 3)
+    assert metrics["precision_at_5"] == pytest.approx((2 / 5 + 1 / 5 + 0) / 3)
+    assert metrics["recall_at_1"] == pytest.approx((1 / 2 + 0) / 2)
+    assert metrics["recall_at_2"] == pytest.approx((1 / 2 + 0) / 2)
+    assert metrics["recall_at_5"] == pytest.approx((1 + 1) / 2)
+
+    # Single-label: precision@1 is the accuracy, recall@k the top-k accuracy, precision@k that over k.
+    single_scores = np.array([[2.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 2.0], [5.0, 5.0, 0.0]])
+    single_labels = np.array([0, 2, 1, 1])  # top 1 right only in row 0; top 2 right in rows 0, 1 and 3
+    single = ranking_metrics(single_scores, single_labels, multi_label=False, ks=(1, 2))
+    assert single == pytest.approx(
+        {"precision_at_1": 1 / 4, "recall_at_1": 1 / 4, "precision_at_2": 3 / 8, "recall_at_2": 3 / 4}
+    )
+    accuracy = classification_metrics(single_scores, single_labels, multi_label=False)["accuracy"]
+    assert single["precision_at_1"] == pytest.approx(accuracy)
+
+    with pytest.raises(ValueError, match="between 1 and the number of labels"):
+        ranking_metrics(scores, labels, multi_label=True, ks=(7,))
+    with pytest.raises(ValueError, match="do not match"):
+        ranking_metrics(scores, labels[:, :3], multi_label=True)

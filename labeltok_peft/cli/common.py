@@ -11,6 +11,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..decoding import resolve_max_length, resolve_thresholds
+from ..nonfinite import NonFiniteTrainingError
+from .output_lock import LOCK_FILE_NAME
+
 logger = logging.getLogger("labeltok_peft")
 
 # Written by `labeltok train` beside the adapter: what evaluate/predict need to reproduce the training setup.
@@ -47,7 +51,7 @@ def guard_output_dir(path: str | os.PathLike, overwrite: bool, what: str = "--ou
         return
     if target.is_file():
         raise OutputDirError(f"{what} {str(target)!r} already exists; pass --overwrite_output_dir to replace it.")
-    entries = sorted(entry.name for entry in target.iterdir())
+    entries = sorted(entry.name for entry in target.iterdir() if entry.name != LOCK_FILE_NAME)
     if entries:
         shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise OutputDirError(
@@ -84,8 +88,12 @@ def stored_model_name(model_args) -> str:
     return str(path.resolve()) if path.is_dir() else model_args.model_name_or_path
 
 
-def load_backbone(model_args):
-    """Loads the backbone and tokenizer named by `ModelArguments`; returns `(backbone, tokenizer)`."""
+def load_backbone_from_args(model_args):
+    """Loads the backbone and tokenizer named by `ModelArguments` (`pretrained.load_backbone_and_tokenizer`).
+
+    Returns:
+        `(backbone, tokenizer)`.
+    """
     from ..pretrained import load_backbone_and_tokenizer
 
     return load_backbone_and_tokenizer(
@@ -108,11 +116,18 @@ def load_adapter_model(model_args, adapter_args) -> tuple[Any, dict[str, Any]]:
 
     if not adapter_args.adapter_path:
         raise ValueError("--adapter_path is required: the folder written by `labeltok train` (its --output_dir).")
-    adapter_path = Path(adapter_args.adapter_path)
+    from ..constants import is_hub_id
+    from ..hub import resolve_adapter_source
+
+    source = adapter_args.adapter_path
+    adapter_path = Path(source)
     if not adapter_path.is_dir():
-        raise FileNotFoundError(
-            f"--adapter_path {str(adapter_path)!r} is not a folder; give the training --output_dir."
-        )
+        if not is_hub_id(source):
+            raise FileNotFoundError(
+                f"--adapter_path {source!r} is not a folder; give the training --output_dir or a Hub repository id "
+                "(user/repo)."
+            )
+        adapter_path, _ = resolve_adapter_source(source)  # the cached snapshot, for the recorded settings
     settings = read_recipe_settings(adapter_path)
     if model_args.model_name_or_path is None:
         model_args.model_name_or_path = settings.get("model_name_or_path") or _saved_backbone_name(adapter_path)
@@ -122,8 +137,8 @@ def load_adapter_model(model_args, adapter_args) -> tuple[Any, dict[str, Any]]:
                 "adapter config); pass --model_name_or_path with the backbone the adapter was trained on."
             )
     model_args.precision = model_args.precision or settings.get("precision")
-    backbone, tokenizer = load_backbone(model_args)
-    model = LabelTokModel.from_pretrained(backbone, adapter_path, tokenizer=tokenizer)
+    backbone, tokenizer = load_backbone_from_args(model_args)
+    model = LabelTokModel.from_pretrained(backbone, source, tokenizer=tokenizer)
     return model, settings
 
 
@@ -139,19 +154,36 @@ def _saved_backbone_name(adapter_path: Path) -> str | None:
 
 
 def fit_max_length(requested: int, model, tokenizer) -> int:
-    """The text length to truncate to: `requested`, lowered to what fits beside the labels and in the tokenizer."""
-    limits = [requested]
-    if model.max_text_length() is not None:
-        limits.append(model.max_text_length())
-    model_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(model_max, int) and model_max < 1_000_000:
-        limits.append(model_max - model.labeltok_config.num_labels)
-    length = min(limits)
-    if length < 1:
-        raise ValueError(f"No room for text beside {model.labeltok_config.num_labels} label tokens (limit {length}).")
-    if length < requested:
-        logger.warning("--max_seq_length %d lowered to %d so the label tokens fit.", requested, length)
-    return length
+    """The text length to truncate to: `--max_seq_length`, lowered to the text budget beside the labels.
+
+    One computation for every command (`decoding.resolve_max_length`): with `label_positions='shared'` the labels
+    take a single position, so any number of labels leaves the same room for text.
+    """
+    return resolve_max_length(model, requested, tokenizer, flag="--max_seq_length", lower=True)
+
+
+def adapter_thresholds(
+    threshold_flag: float | None, settings: dict[str, Any], config, adapter_path
+) -> list[float] | None:
+    """The multi-label thresholds to decide with: `--threshold` for every label, else the per-label thresholds
+    `labeltok train` tuned and recorded in `labeltok_recipe.json`, else 0.5. `None` for single-label adapters.
+
+    Raises:
+        ValueError: a threshold outside [0, 1] or NaN, or recorded thresholds that do not fit the adapter's labels
+            (an edited recipe file), naming the flag or the file.
+    """
+    if not config.is_multi_label:
+        if threshold_flag is not None:
+            logger.warning("--threshold is ignored: the adapter is single-label (it predicts the most likely label).")
+        return None
+    if threshold_flag is not None:
+        return resolve_thresholds(threshold_flag, config.labels, source="--threshold")
+    recorded = settings.get("thresholds")
+    source = f"'thresholds' in {Path(adapter_path) / RECIPE_SETTINGS_NAME}"
+    try:
+        return resolve_thresholds(recorded, config.labels, source=source)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{error} Train the adapter again, fix or delete the file, or pass --threshold.") from None
 
 
 def tokenize_splits(
@@ -190,10 +222,14 @@ def make_trainer(
     label_learning_rate: float | None = None,
     head_learning_rate: float | None = None,
 ):
-    """A `LabelTokTrainer` over a `LabelTokModel` with dynamic padding, offline metrics and per-group rates."""
+    """A `LabelTokTrainer` over a `LabelTokModel` with dynamic padding, offline metrics and per-group rates.
+
+    A run whose loss or weights become non-finite stops with `NonFiniteTrainingError` (`StopOnNonFinite`).
+    """
     from transformers import DataCollatorWithPadding
 
     from ..metrics import make_compute_metrics
+    from ..nonfinite import StopOnNonFinite
     from ..trainer import LabelTokTrainer
 
     return LabelTokTrainer(
@@ -205,6 +241,7 @@ def make_trainer(
         compute_metrics=make_compute_metrics(model.labeltok_config.is_multi_label),
         label_learning_rate=label_learning_rate,
         head_learning_rate=head_learning_rate,
+        callbacks=[StopOnNonFinite()],
     )
 
 
@@ -219,8 +256,8 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
     Set `LABELTOK_DEBUG=1` to see the full traceback instead.
     """
     # DataError, OutputDirError, ConfigFileError and the library's own input checks are ValueErrors; missing files
-    # and models are OSErrors.
-    user_errors = (ValueError, TypeError, KeyError, OSError)
+    # and models are OSErrors; a run that diverged raises NonFiniteTrainingError.
+    user_errors = (ValueError, TypeError, KeyError, OSError, NonFiniteTrainingError)
     try:
         main(argv)
     except user_errors as error:

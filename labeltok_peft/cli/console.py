@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from collections.abc import Sequence
+
+from ..machine import prefer_passive_openmp
 
 # Command name -> (module, one-line summary for `labeltok --help`).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -13,16 +14,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "score a trained adapter on labelled data (metrics + report)"),
     "predict": ("predict", "classify texts or a file with a trained adapter (JSONL/CSV)"),
 }
-
-
-def prefer_passive_openmp() -> None:
-    """Makes idle OpenMP threads sleep instead of spin, unless `OMP_WAIT_POLICY` is already set.
-
-    Measured on 2 shared CPU cores (load ~4.5): a MiniLM training step took 8 s of wall time with torch's 2 spinning
-    threads and 4 s with passive waiting (or 1 thread), at half the CPU time. It only takes effect before torch is
-    first imported, which is why the entry points call it first.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def run_command(name: str, argv: Sequence[str] | None = None) -> int:

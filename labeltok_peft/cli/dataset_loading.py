@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from ..config import ProblemType
 from ..data import validate_texts
+from ..splits import stratified_split_indices
 from .label_formats import (
     DataError,
     LabelFormat,
@@ -23,7 +25,6 @@ from .label_formats import (
     infer_label_set,
     infer_problem_type,
     row_label_names,
-    stratified_split_indices,
     to_label_names,
 )
 
@@ -45,12 +46,13 @@ def _load_bbc_news():
 BUILTIN_DATASETS: dict[str, Callable[[], Any]] = {"bbc_news": _load_bbc_news}
 
 
-def load_data_file(path: str, flag: str):
+def load_data_file(path: str, flag: str, text_column: str | None = None):
     """Reads one CSV, TSV, JSON, JSONL or parquet file into a `datasets.Dataset`.
 
     Args:
         path: the file.
         flag: the option that named it (for messages), e.g. `"--train_file"`.
+        text_column: a CSV/TSV column read as strings whatever it holds (so `0042` stays `0042`).
 
     Raises:
         DataError: the file does not exist, is a folder, cannot be read, is empty, has an unknown extension, cannot
@@ -73,7 +75,15 @@ def load_data_file(path: str, flag: str):
     if file.stat().st_size == 0:
         raise DataError(f"{flag} {path!r} is empty.")
     builder = FILE_FORMATS[extension]
-    kwargs = {"delimiter": "\t"} if extension == ".tsv" else {}
+    kwargs = {}
+    if builder == "csv":
+        # pandas reads NA, None, null, n/a, ... as missing by default, so a label written "None" would be lost:
+        # only a truly empty cell is missing.
+        kwargs.update(keep_default_na=False, na_values=[""])
+        if extension == ".tsv":
+            kwargs["delimiter"] = "\t"
+        if text_column is not None:
+            kwargs["converters"] = {text_column: str}
     try:
         dataset = datasets.load_dataset(builder, data_files={"data": str(file)}, split="data", **kwargs)
     except Exception as error:  # datasets wraps parser errors in DatasetGenerationError; the cause says what broke
@@ -93,6 +103,7 @@ def load_splits(
     dataset_name: str | None = None,
     dataset_config_name: str | None = None,
     cache_dir: str | None = None,
+    text_column: str | None = None,
 ):
     """Reads the raw splits from files, a built-in dataset or the hub.
 
@@ -108,7 +119,11 @@ def load_splits(
     files["test"] = (test_file, "--test_file")
     if any(path for path, _ in files.values()):
         return datasets.DatasetDict(
-            {split: load_data_file(path, flag) for split, (path, flag) in files.items() if path is not None}
+            {
+                split: load_data_file(path, flag, text_column)
+                for split, (path, flag) in files.items()
+                if path is not None
+            }
         )
     if dataset_name is None:
         raise DataError(
@@ -168,6 +183,21 @@ def check_columns(splits, text_column: str, label_column: str | None, label_requ
                 )
 
 
+def texts_as_strings(dataset, text_column: str):
+    """The dataset with its text column read as text: a column of numbers (`123`, `4.5`) becomes strings.
+
+    File readers infer column types, so a text column that happens to hold only numbers arrives as integers or
+    floats; texts are texts whatever they look like. Missing cells stay missing (and are reported by the checks).
+    """
+    import datasets
+
+    feature = dataset.features.get(text_column)
+    if isinstance(feature, datasets.Value) and feature.dtype not in ("string", "large_string"):
+        logger.info("Column %r holds numbers; reading them as text.", text_column)
+        return dataset.cast_column(text_column, datasets.Value("string"))
+    return dataset
+
+
 def _check_texts(splits, text_column: str) -> None:
     for name, dataset in splits.items():
         try:
@@ -213,6 +243,8 @@ def prepare_splits(
     if labels is None and "train" not in splits:
         raise DataError("Training needs training data: pass --train_file or --dataset_name.")
     check_columns(splits, text_column, label_column, label_required=("train", "validation"))
+    for name in list(splits):
+        splits[name] = texts_as_strings(splits[name], text_column)
     _check_texts(splits, text_column)
     labelled = [
         name for name in ("train", "validation", "test") if name in splits and label_column in splits[name].column_names
@@ -234,6 +266,7 @@ def prepare_splits(
         if label_format in (LabelFormat.ID, LabelFormat.ID_LIST, LabelFormat.MULTI_HOT) and class_names is None:
             logger.warning("Labels are numbers without names; the label set is %s. Name them with --labels.", labels)
     labels = list(labels)
+    warn_near_duplicate_labels(labels, labels_from)
     problem = infer_problem_type(label_format, problem_type)
     normalised = {}
     for name in labelled:
@@ -260,6 +293,28 @@ def prepare_splits(
             splits["train"], label_column, validation_split_percentage, seed
         )
     return PreparedData(splits, labels, problem, label_format)
+
+
+def near_duplicate_labels(labels: list[str]) -> list[list[str]]:
+    """Groups of labels that differ only by letter case or surrounding whitespace (`sport`, `Sport`, `sport `)."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        if isinstance(label, str):
+            groups.setdefault(label.strip().casefold(), []).append(label)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def warn_near_duplicate_labels(labels: list[str], labels_from: str) -> None:
+    """Logs a warning naming labels that are probably one class written several ways; they stay separate classes."""
+    groups = near_duplicate_labels(labels)
+    if groups:
+        listed = "; ".join(", ".join(repr(label) for label in group) for group in groups)
+        logger.warning(
+            "Labels of %s that differ only by case or surrounding whitespace are separate classes: %s. If each group "
+            "is one class, write it the same way in the data (or in --labels).",
+            labels_from,
+            listed,
+        )
 
 
 def _split_names(value: Any, separator: str) -> Any:
@@ -309,15 +364,40 @@ def _check_known(
     return keep, kept_values
 
 
+def _describe_key(key: Any) -> str:
+    """A stratification key for messages: a label name, or the label set of a multi-label row."""
+    if isinstance(key, str):
+        return repr(key)
+    if key and not isinstance(key[0], str):
+        return "multi-hot " + repr(list(key))
+    return repr(list(key))
+
+
 def _split_validation(train, label_column: str, percentage: float, seed: int):
     if not 0 < percentage < 100:
         raise DataError(f"--validation_split_percentage must lie between 0 and 100; got {percentage}.")
     keys = [value if isinstance(value, str) else tuple(value) for value in train[label_column]]
-    train_rows, validation_rows = stratified_split_indices(keys, percentage / 100, seed)
+    fraction = percentage / 100
+    train_rows, validation_rows = stratified_split_indices(keys, fraction, seed)
+    counts = Counter(keys)
+    # A class gives validation a row when round(n * fraction) >= 1 and one row still stays in training.
+    too_few = {key: count for key, count in counts.items() if min(round(count * fraction), count - 1) < 1}
+    listed = ", ".join(
+        f"{_describe_key(key)} ({count} row{'s' if count != 1 else ''})"
+        for key, count in sorted(too_few.items(), key=lambda item: repr(item[0]))
+    )
     if not validation_rows or not train_rows:
         raise DataError(
-            f"The training data ({len(train)} rows) is too small for a {percentage}% validation split; give "
-            "--validation_file."
+            f"The training data ({len(train)} rows) is too small for a {percentage}% validation split: no class has "
+            f"enough rows to hold one out. Classes with too few rows: {listed}. Give --validation_file (or more "
+            "training rows, or a larger --validation_split_percentage)."
+        )
+    if too_few:
+        logger.warning(
+            "Classes without a row in the %s%% validation split (too few rows): %s. Their validation scores are "
+            "missing; give --validation_file to score them.",
+            percentage,
+            listed,
         )
     logger.info(
         "No validation data given: held out %d of %d training rows (stratified).", len(validation_rows), len(train)

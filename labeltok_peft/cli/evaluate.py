@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .arguments import EVALUATE_ARGUMENTS, parse_recipe_args
 from .common import (
+    adapter_thresholds,
     fit_max_length,
     format_metrics,
     guard_output_dir,
@@ -53,6 +54,7 @@ def evaluate(model_args, data_args, adapter_args, training_args) -> dict[str, di
     model, settings = load_adapter_model(model_args, adapter_args)
     data_args.resolve_defaults(settings)
     config = model.labeltok_config
+    thresholds = adapter_thresholds(adapter_args.threshold, settings, config, adapter_args.adapter_path)
     raw = load_splits(
         None,
         data_args.validation_file,
@@ -60,6 +62,7 @@ def evaluate(model_args, data_args, adapter_args, training_args) -> dict[str, di
         data_args.dataset_name if not (data_args.validation_file or data_args.test_file) else None,
         data_args.dataset_config_name,
         model_args.cache_dir,
+        text_column=data_args.text_column_name,
     )
     raw.pop("train", None)
     if not raw:
@@ -85,12 +88,6 @@ def evaluate(model_args, data_args, adapter_args, training_args) -> dict[str, di
         splits, tokenizer, config, data_args.text_column_name, data_args.label_column_name, max_length, training_args
     )
 
-    thresholds = None
-    if config.is_multi_label:
-        if adapter_args.threshold is not None:
-            thresholds = [adapter_args.threshold] * config.num_labels
-        else:
-            thresholds = settings.get("thresholds")
     trainer = make_trainer(model, training_args, tokenizer)
     reports, results, thresholds = evaluate_splits(trainer, tokenized, config.labels, config.is_multi_label, thresholds)
     if trainer.is_world_process_zero():

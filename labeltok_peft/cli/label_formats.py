@@ -8,13 +8,12 @@ multi-hot, to float vectors, which `labeltok_peft.data.encode_label` then turns 
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
 from ..config import ProblemType
+from ..data import label_value_kind, number_list_format
 
 
 class DataError(ValueError):
@@ -44,16 +43,8 @@ _KIND_DESCRIPTIONS = {
 }
 
 
-def _is_integral(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, numbers.Integral):
-        return True
-    return isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
-
-
 def value_kind(value: Any, where: str) -> str:
-    """Classifies one raw label value.
+    """Classifies one raw label value with the library's rules (`labeltok_peft.data.label_value_kind`).
 
     Returns:
         One of `"name"`, `"id"`, `"name_list"`, `"number_list"`, `"empty_list"`.
@@ -62,28 +53,18 @@ def value_kind(value: Any, where: str) -> str:
         DataError: a missing label, or a value that fits neither problem type (a fractional number, a mapping, a
             list mixing names and numbers, nested lists).
     """
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    kind = label_value_kind(value)
+    if kind == "missing":
         raise DataError(f"{where} has no label; give every row a label or remove the row.")
-    if isinstance(value, str):
-        if not value.strip():
-            raise DataError(f"{where} has an empty label; give every row a label or remove the row.")
-        return "name"
-    if isinstance(value, bool):
-        return "name"
-    if _is_integral(value):
-        return "id"
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return "empty_list"
-        if all(isinstance(item, str) and item.strip() for item in value):
-            return "name_list"
-        if all(isinstance(item, numbers.Real) and not isinstance(item, bool) for item in value):
-            return "number_list"
-    raise DataError(
-        f"{where} has label {value!r}, which fits neither single-label classification (one label name or integer "
-        "id) nor multi-label classification (a list of label names or ids, or a multi-hot list of 0/1 values). "
-        "Fractional numbers look like regression targets, which label tokens do not do."
-    )
+    if kind == "empty":
+        raise DataError(f"{where} has an empty label; give every row a label or remove the row.")
+    if kind == "invalid":
+        raise DataError(
+            f"{where} has label {value!r}, which fits neither single-label classification (one label name or "
+            "integer id) nor multi-label classification (a list of label names or ids, or a multi-hot list of 0/1 "
+            "values). Fractional numbers look like regression targets, which label tokens do not do."
+        )
+    return kind
 
 
 def detect_format(values: Sequence[Any], where: str, class_names: list[str] | None = None) -> LabelFormat:
@@ -124,15 +105,21 @@ def detect_format(values: Sequence[Any], where: str, class_names: list[str] | No
 def _number_list_format(values: Sequence[Any], where: str, class_names: list[str] | None) -> LabelFormat:
     if class_names is not None:
         return LabelFormat.ID_LIST
-    widths = {len(value) for value in values}
-    zero_one = all(0.0 <= float(item) <= 1.0 for value in values for item in value)
-    if len(widths) == 1 and min(widths) >= 2 and zero_one:
+    reading = number_list_format([list(value) for value in values])
+    if reading == "multi_hot":
         return LabelFormat.MULTI_HOT
-    if all(_is_integral(item) for value in values for item in value):
+    if reading == "ids":
         return LabelFormat.ID_LIST
+    widths = sorted({len(value) for value in values})
+    if reading == "ambiguous":
+        raise DataError(
+            f"The labels in {where} are lists of two integer zeros and ones, which read two ways: as label ids "
+            "([0, 1]: labels 0 and 1) or as 2-label multi-hot vectors ([0, 1]: the second label). Write label names, "
+            "or floats for multi-hot vectors ([0.0, 1.0])."
+        )
     raise DataError(
         f"The labels in {where} are lists of numbers that are neither multi-hot vectors (one value in [0, 1] per "
-        f"label, all rows the same width; widths seen: {sorted(widths)}) nor lists of integer ids."
+        f"label, all rows the same width; widths seen: {widths}) nor lists of integer ids."
     )
 
 
@@ -163,7 +150,7 @@ def infer_problem_type(label_format: LabelFormat, override: str | ProblemType | 
 
 
 def _id_to_name(value: Any, id_names: list[str] | None, where: str, match_names: bool) -> str:
-    index = int(value)
+    index = int(value)  # ids may arrive as integer-valued floats (3.0)
     if id_names is None or (match_names and str(index) in id_names):
         return str(index)
     if not 0 <= index < len(id_names):
@@ -225,28 +212,3 @@ def fit_to_problem_type(normalised: Any, problem_type: ProblemType, labels: list
             "--problem_type single_label_classification (lists are multi-label) or give each row one label."
         )
     return names[0]
-
-
-def stratified_split_indices(keys: Sequence[Any], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Splits row indices into (train, validation) keeping each key's share, deterministically for a seed.
-
-    Every key with at least two rows keeps at least one row in training; keys with a single row stay in training.
-
-    Args:
-        keys: one hashable stratification key per row (the label, or the sorted tuple of labels).
-        fraction: share of each key's rows that goes to validation, in (0, 1).
-        seed: seed of the shuffle within each key.
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    groups: dict[Any, list[int]] = {}
-    for index, key in enumerate(keys):
-        groups.setdefault(key, []).append(index)
-    train, validation = [], []
-    for key in sorted(groups, key=repr):
-        rows = [groups[key][i] for i in rng.permutation(len(groups[key]))]
-        take = min(int(round(len(rows) * fraction)), len(rows) - 1)
-        validation.extend(rows[:take])
-        train.extend(rows[take:])
-    return sorted(train), sorted(validation)

@@ -11,9 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from ..decoding import prediction_rows as decoded_rows
+from ..decoding import probabilities_from_logits
 from .arguments import PREDICT_ARGUMENTS, parse_recipe_args
 from .common import (
     OutputDirError,
+    adapter_thresholds,
     fit_max_length,
     load_adapter_model,
     make_trainer,
@@ -39,7 +42,7 @@ per label.
 
 
 def prediction_rows(texts: list[str], logits: np.ndarray, labels: list[str], thresholds: list[float] | None):
-    """One dict per text: the predicted label(s), the top score and every label's probability.
+    """One dict per text: `text` first, then the decoded row of `decoding.prediction_rows` (scores to 6 digits).
 
     Args:
         texts: the texts, in the order of `logits`.
@@ -47,22 +50,9 @@ def prediction_rows(texts: list[str], logits: np.ndarray, labels: list[str], thr
         labels: label names in logit order.
         thresholds: per-label thresholds for multi-label adapters; `None` for single-label (softmax + argmax).
     """
-    logits = np.asarray(logits, dtype=np.float64)
-    if thresholds is None:
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
-    else:
-        probabilities = 1.0 / (1.0 + np.exp(-logits))
-    rows = []
-    for text, row in zip(texts, probabilities, strict=True):
-        scores = {label: round(float(p), 6) for label, p in zip(labels, row, strict=True)}
-        if thresholds is None:
-            best = int(row.argmax())
-            rows.append({"text": text, "label": labels[best], "score": scores[labels[best]], "scores": scores})
-        else:
-            chosen = [label for label, p, t in zip(labels, row, thresholds, strict=True) if p >= t]
-            rows.append({"text": text, "labels": chosen, "scores": scores})
-    return rows
+    multi_label = thresholds is not None
+    decoded = decoded_rows(probabilities_from_logits(logits, multi_label), labels, multi_label, thresholds, digits=6)
+    return [{"text": text, **row} for text, row in zip(texts, decoded, strict=True)]
 
 
 def write_predictions(rows: list[dict[str, Any]], path: Path) -> None:
@@ -89,12 +79,12 @@ def write_predictions(rows: list[dict[str, Any]], path: Path) -> None:
 
 def _texts_to_classify(data_args, predict_args) -> list[str]:
     from ..data import validate_texts
-    from .dataset_loading import check_columns, load_splits
+    from .dataset_loading import check_columns, load_splits, texts_as_strings
 
     if predict_args.texts:
         return validate_texts(predict_args.texts)
     if data_args.test_file:
-        splits = load_splits(test_file=data_args.test_file)
+        splits = load_splits(test_file=data_args.test_file, text_column=data_args.text_column_name)
     elif data_args.dataset_name:
         splits = load_splits(dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name)
     else:
@@ -102,6 +92,7 @@ def _texts_to_classify(data_args, predict_args) -> list[str]:
     name = "test" if "test" in splits else "validation" if "validation" in splits else next(iter(splits))
     dataset = splits[name]
     check_columns({name: dataset}, data_args.text_column_name, None, label_required=())
+    dataset = texts_as_strings(dataset, data_args.text_column_name)
     texts = dataset[data_args.text_column_name]
     if data_args.max_predict_samples is not None:
         texts = texts[: data_args.max_predict_samples]
@@ -125,6 +116,8 @@ def predict(model_args, data_args, adapter_args, predict_args, training_args) ->
     training_args.output_dir = str(output_dir)
 
     model, settings = load_adapter_model(model_args, adapter_args)
+    # Checked before the (possibly long) forward passes: a bad --threshold or an edited recipe file fails here.
+    thresholds = adapter_thresholds(adapter_args.threshold, settings, model.labeltok_config, adapter_args.adapter_path)
     data_args.resolve_defaults(settings)
     texts = _texts_to_classify(data_args, predict_args)
     config = model.labeltok_config
@@ -140,11 +133,6 @@ def predict(model_args, data_args, adapter_args, predict_args, training_args) ->
         training_args,
     )
     logits = make_trainer(model, training_args, tokenizer).predict(tokenized["predict"]).predictions
-    thresholds = None
-    if config.is_multi_label:
-        thresholds = settings.get("thresholds") or [0.5] * config.num_labels
-        if adapter_args.threshold is not None:
-            thresholds = [adapter_args.threshold] * config.num_labels
     rows = prediction_rows(texts, logits, config.labels, thresholds)
     if training_args.distributed_state.is_main_process:
         write_predictions(rows, output_file)

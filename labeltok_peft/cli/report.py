@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..decoding import probabilities_from_logits, resolve_thresholds
 from ..metrics import classification_metrics, predictions_from_logits
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def tune_thresholds(logits: np.ndarray, labels: np.ndarray, grid: Sequence[float
     Returns:
         One threshold per label.
     """
-    probabilities = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+    probabilities = probabilities_from_logits(logits, multi_label=True)
     targets = _binary_labels(labels)
     ordered = sorted(grid, key=lambda t: (abs(t - 0.5), t))
     thresholds = []
@@ -102,7 +103,7 @@ def build_split_report(
 
     label_ids = list(range(len(label_names)))
     if multi_label:
-        thresholds = list(thresholds) if thresholds is not None else [0.5] * len(label_names)
+        thresholds = resolve_thresholds(thresholds, label_names, source="thresholds")
         metrics = classification_metrics(logits, labels, True, thresholds)
         at_half = classification_metrics(logits, labels, True, 0.5) if any(t != 0.5 for t in thresholds) else None
         truth, predicted = _binary_labels(labels), predictions_from_logits(logits, True, thresholds)

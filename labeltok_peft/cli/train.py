@@ -16,7 +16,7 @@ from .common import (
     fit_max_length,
     format_metrics,
     guard_output_dir,
-    load_backbone,
+    load_backbone_from_args,
     make_trainer,
     run_cli,
     setup_logging,
@@ -26,6 +26,7 @@ from .common import (
     write_recipe_settings,
 )
 from .evaluation import evaluate_splits, write_run_report
+from .output_lock import output_dir_lock
 
 logger = logging.getLogger("labeltok_peft")
 
@@ -47,13 +48,12 @@ Any flag can also come from --config file.yaml; flags on the command line win.
 
 
 def train(model_args, data_args, labeltok_args, training_args) -> dict[str, dict[str, float]]:
-    """Runs the whole training job; returns the evaluation metrics by prefix (`eval`, `test`)."""
-    from transformers import set_seed
+    """Runs the whole training job; returns the evaluation metrics by prefix (`eval`, `test`).
 
-    from ..config import LabelTokConfig
-    from ..model import get_labeltok_model
-    from .dataset_loading import load_splits, prepare_splits
-
+    Raises:
+        OutputDirLockedError: another run is writing into the same --output_dir.
+        NonFiniteTrainingError: the loss or the weights became NaN or inf; no adapter is written.
+    """
     started = time.perf_counter()
     setup_logging(training_args)
 
@@ -63,10 +63,23 @@ def train(model_args, data_args, labeltok_args, training_args) -> dict[str, dict
     if model_args.model_name_or_path is None:
         raise ValueError("--model_name_or_path is required (for example all-MiniLM-L6-v2).")
     output_dir = Path(training_args.output_dir)
-    resuming = bool(training_args.resume_from_checkpoint)
-    guard_output_dir(output_dir, training_args.overwrite_output_dir or resuming)
-    # Every process has checked the folder before any process writes to it.
-    wait_for_everyone(training_args)
+    # One run per folder: a second `labeltok train` into the same --output_dir is refused while this one runs.
+    with output_dir_lock(output_dir, enabled=training_args.distributed_state.is_main_process):
+        resuming = bool(training_args.resume_from_checkpoint)
+        guard_output_dir(output_dir, training_args.overwrite_output_dir or resuming)
+        # Every process has checked the folder before any process writes to it.
+        wait_for_everyone(training_args)
+        return _train(model_args, data_args, labeltok_args, training_args, output_dir, started)
+
+
+def _train(model_args, data_args, labeltok_args, training_args, output_dir: Path, started: float):
+    """The training job proper, run while the output folder is locked."""
+    from transformers import set_seed
+
+    from ..config import LabelTokConfig
+    from ..model import get_labeltok_model
+    from .dataset_loading import load_splits, prepare_splits
+
     set_seed(training_args.seed)
     data_args.resolve_defaults()
 
@@ -77,6 +90,7 @@ def train(model_args, data_args, labeltok_args, training_args) -> dict[str, dict
         data_args.dataset_name,
         data_args.dataset_config_name,
         model_args.cache_dir,
+        text_column=data_args.text_column_name,
     )
     if "train" not in raw:
         raise ValueError(f"No training data: pass --train_file (the data given has splits {list(raw)}).")
@@ -107,7 +121,7 @@ def train(model_args, data_args, labeltok_args, training_args) -> dict[str, dict
         {name: len(split) for name, split in splits.items()},
     )
 
-    backbone, tokenizer = load_backbone(model_args)
+    backbone, tokenizer = load_backbone_from_args(model_args)
     if model_args.precision in ("nf4", "int8"):
         from ..quantization import prepare_kbit_training
 

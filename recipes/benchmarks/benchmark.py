@@ -24,6 +24,9 @@ Methods (pick with --methods, comma-separated; `key=value` options after colons)
     labeltok[:key=value...] the label-token adapter; keys: init (label_text|cls|vocab_mean|random), lora (0|1),
                             label_lr (float), head_lr (float; default: lr), attention (full|isolated), positions
                             (sequential|shared), chunk (int)
+    setfit                  SetFit 1.2.0's default recipe on the same backbone (contrastive body training, 20 pair
+                            iterations, one epoch, logistic-regression head); keys: iterations, epochs, body_lr,
+                            batch. Needs `pip install -e ".[benchmark]"` (recipes/benchmarks/benchmark_setfit.py)
 Every method also takes lr=<float>; peft_lora_seq_cls also takes head_lr=<float>, the rate of its classifier head
 (the fair counterpart of the label table's rate). `--methods all` (the default) runs the 15 specs of
 DEFAULT_METHODS; `--methods core` runs CORE_METHODS: the four peers, the default adapter with and without LoRA, and
@@ -31,6 +34,12 @@ isolated+shared attention.
 
 `--seed` is the training seed (initialisation, data order, dropout); `--seeds 0,1,2` runs every method once per
 seed and reports medians with min–max. The data sample and split use `--data_seed` and stay fixed.
+
+Few shots: `--shots_per_class 8,16` trains each method on N train rows per class (per label on multi-label tasks,
+where a row counts for each of its labels), for each N in turn, and evaluates on the whole test split. The sample
+uses the training seed (so `--seeds 0,1,2` means three samples, each trained once) unless `--sample_seed` fixes it;
+the rule is in recipes/benchmarks/few_shot.py. Runs go to <output_dir>/<dataset>/shots<N>/, and
+`python -m recipes.benchmarks.make_few_shot_md` renders them into docs/benchmarks/few_shot.md with a plot.
 
 Each finished (method, seed) is saved at once as <output_dir>/<dataset>/runs/<method>@seed<k>.json, with the
 settings it ran under. A rerun with the same settings skips what is saved (so a stopped run resumes, and several
@@ -61,6 +70,7 @@ from .benchmark_common import (
     summarize_runs,
 )
 from .benchmark_methods import run_method
+from .few_shot import parse_shots, sample_shots, shot_counts
 
 PEER = "peft_lora_seq_cls"
 DEFAULT_METHODS = (
@@ -107,6 +117,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--data_seed", type=int, default=42, help="seed of the data sample and split (fixed across seeds)"
     )
+    parser.add_argument(
+        "--shots_per_class",
+        default=None,
+        help="comma-separated N: train on N rows per class (per label for multi-label) sampled from the train split, "
+        "once per N; the test split stays whole (default: the whole train split)",
+    )
+    parser.add_argument(
+        "--sample_seed",
+        type=int,
+        default=None,
+        help="seed of the few-shot sample (default: each run's training seed, so every seed draws its own sample)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
         "--in_process", action="store_true", help="run everything in this process (debugging; CPU memory not reported)"
@@ -121,6 +143,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.model = args.model or minilm_path()
     args.seed_list = [int(seed) for seed in args.seeds.split(",")] if args.seeds else [args.seed]
+    try:
+        args.shots_list = parse_shots(args.shots_per_class)
+    except ValueError as error:
+        parser.error(str(error))
+    args.shots = None  # the N of the few-shot sample being run (benchmark_dataset sets it)
     args.datasets = [name.strip() for name in args.dataset.split(",") if name.strip()]
     unknown = [name for name in args.datasets if name not in DATASETS]
     if unknown:
@@ -181,7 +208,10 @@ RUN_SETTINGS = (
 
 
 def run_settings(args: argparse.Namespace) -> dict:
-    return {key: getattr(args, key) for key in RUN_SETTINGS}
+    settings = {key: getattr(args, key) for key in RUN_SETTINGS}
+    if args.shots:  # only few-shot runs carry these, so runs saved before they existed still match
+        settings |= {"shots_per_class": args.shots, "sample_seed": args.sample_seed}
+    return settings
 
 
 def run_file(output_dir: Path, spec: str, seed: int) -> Path:
@@ -219,9 +249,27 @@ def saved_runs(output_dir: Path, settings: dict) -> tuple[dict[str, dict[int, di
     return runs, commands
 
 
+def few_shot_info(splits, labels: list[str], multi_label: bool, args: argparse.Namespace) -> dict:
+    """Train rows and rows per label of each seed's few-shot sample (the runs sample the same rows again)."""
+    row_labels = list(splits["train"]["label"])
+    per_seed = {}
+    for seed in args.seed_list:
+        sample_seed = seed if args.sample_seed is None else args.sample_seed
+        chosen = sample_shots(row_labels, labels, args.shots, sample_seed, multi_label)
+        counts = shot_counts(row_labels, len(labels), chosen, multi_label)
+        per_seed[str(seed)] = {"train_rows": len(chosen), "min_label_rows": min(counts), "max_label_rows": max(counts)}
+    return {
+        "shots_per_class": args.shots,
+        "sample_seed": args.sample_seed,
+        "full_train_rows": len(row_labels),
+        "train_rows": max(info["train_rows"] for info in per_seed.values()),
+        "samples": per_seed,
+    }
+
+
 def benchmark_dataset(dataset: str, args: argparse.Namespace) -> dict:
     args.dataset = dataset
-    output_dir = Path(args.output_dir) / dataset
+    output_dir = Path(args.output_dir) / dataset / (f"shots{args.shots}" if args.shots else "")
     output_dir.mkdir(parents=True, exist_ok=True)
     splits, labels, multi_label = load_dataset(dataset, args.per_label, args.data_seed)
     data_info = {
@@ -230,6 +278,8 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace) -> dict:
         "num_labels": len(labels),
         "multi_label": multi_label,
     }
+    if args.shots:
+        data_info |= few_shot_info(splits, labels, multi_label, args)
     print(f"{dataset}: {data_info}", flush=True)
     settings = run_settings(args)
     for seed in [] if args.collect else args.seed_list:
@@ -238,7 +288,7 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace) -> dict:
             if path.exists() and not args.rerun and read_saved_run(path)["settings"] == settings:
                 print(f"--- {dataset} seed={seed} {spec}: saved in {path}, skipped", flush=True)
                 continue
-            print(f"--- {dataset} seed={seed} {spec}", flush=True)
+            print(f"--- {dataset} seed={seed} {spec}" + (f" shots={args.shots}" if args.shots else ""), flush=True)
             row = run_one(spec, seed, args)
             print(json.dumps(row), flush=True)
             if "error" not in row:
@@ -255,6 +305,7 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace) -> dict:
     add_peer_ratios(runs, peer)
     result = {
         "dataset": dataset,
+        "shots_per_class": args.shots,
         "data": data_info,
         "command": " ; ".join(commands) or command_line(),
         "settings": dict(settings, seeds=sorted({seed for per_seed in runs.values() for seed in per_seed})),
@@ -274,7 +325,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     quiet_libraries()
     for dataset in args.datasets:
-        benchmark_dataset(dataset, args)
+        for shots in args.shots_list or [None]:
+            args.shots = shots
+            benchmark_dataset(dataset, args)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ METHOD_OPTIONS = {
     "full_ft_seq_cls": {"lr"},
     "full_ft_labeltok": {"init", "lr"},
     "labeltok": {"init", "lora", "label_lr", "head_lr", "attention", "positions", "chunk", "lr"},
+    "setfit": {"iterations", "epochs", "body_lr", "batch"},
 }
 
 

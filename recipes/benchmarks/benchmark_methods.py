@@ -46,6 +46,8 @@ from .benchmark_measure import (
     safetensors_bytes,
     saved_bytes,
 )
+from .benchmark_setfit import run_setfit
+from .few_shot import few_shot_train, shot_counts
 
 # --------------------------------------------------------------------------------------------------- training
 
@@ -344,6 +346,7 @@ RUNNERS = {
     "labeltok": run_labeltok,
     "full_ft_seq_cls": run_full_ft_seq_cls,
     "full_ft_labeltok": run_full_ft_labeltok,
+    "setfit": run_setfit,
 }
 
 
@@ -366,6 +369,14 @@ def run_method(spec: str, seed: int, args, fresh_process: bool = True) -> dict:
         torch.set_num_threads(args.threads)
     quiet_libraries()
     data = load_dataset(args.dataset, args.per_label, args.data_seed)
+    few_shot = {}
+    if getattr(args, "shots", None):  # train on N rows per class (per label); the test split stays whole
+        splits, labels, multi_label = data
+        sample_seed = seed if args.sample_seed is None else args.sample_seed
+        data = (few_shot_train(splits, labels, multi_label, args.shots, sample_seed), labels, multi_label)
+        train_labels = list(data[0]["train"]["label"])
+        counts = shot_counts(train_labels, len(labels), range(len(train_labels)), multi_label)
+        few_shot = {"train_rows": len(train_labels), "min_label_rows": min(counts), "max_label_rows": max(counts)}
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -381,4 +392,4 @@ def run_method(spec: str, seed: int, args, fresh_process: bool = True) -> dict:
     if model is not None:
         result["trainable_params"] = count_trainable(model)
         result["adapter_bytes"] = saved_bytes(model)
-    return result
+    return result | few_shot
