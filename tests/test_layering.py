@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "labeltok_peft"
 # Bottom to top. A module may import (at any place in its code, lazy imports included) only modules of lower layers.
 LAYERS = [
     {"constants"},
-    {"config", "head", "backbone", "folder_swap"},
+    {"config", "head", "backbone", "folder_swap", "fingerprint"},
     {"model_card"},
     {"serialization"},
     {"adapters", "hub"},
@@ -53,7 +53,7 @@ def test_each_module_imports_only_lower_layers(module):
 
 
 def test_the_disk_format_and_the_hub_import_no_model():
-    for module in ("serialization", "adapters", "hub", "folder_swap", "constants", "model_card"):
+    for module in ("serialization", "fingerprint", "adapters", "hub", "folder_swap", "constants", "model_card"):
         assert not package_imports(module) & {"model", "registry"}, module
 
 
