@@ -81,8 +81,7 @@ def inspect_backbone(model: nn.Module) -> BackboneInfo:
     config = getattr(model, "config", None)
     if config is None:
         raise TypeError(
-            f"{type(model).__name__} has no `config`; pass a transformers model such as "
-            "AutoModel.from_pretrained(...)."
+            f"{type(model).__name__} has no `config`; pass a transformers model such as AutoModel.from_pretrained(...)."
         )
     parameters = _forward_parameters(model)
     if "inputs_embeds" not in parameters:

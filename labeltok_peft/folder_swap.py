@@ -150,9 +150,7 @@ def recover_folder(target: Path) -> None:
         _remove_tree(path)
 
 
-def replace_folder(
-    target: str | os.PathLike, write: Callable[[Path], None], owned_names: Collection[str] = ()
-) -> Path:
+def replace_folder(target: str | os.PathLike, write: Callable[[Path], None], owned_names: Collection[str] = ()) -> Path:
     """Replaces the folder `target` by a folder that `write(staging)` fills, crash-safely (see the module doc).
 
     Args:

@@ -176,7 +176,9 @@ class LabelTokModel(AdapterRegistry, nn.Module):
         head = self.heads[adapter_name]
         label_ids = sampled.ids if sampled is not None else None
         if self._uses_label_pass(config):
-            chunks = self._label_pass_hidden_states(config, text_embeds, attention_mask, table, token_type_ids, label_ids)
+            chunks = self._label_pass_hidden_states(
+                config, text_embeds, attention_mask, table, token_type_ids, label_ids
+            )
         else:
             if config.label_layers is not None or sampled is not None:
                 raise ValueError(
@@ -352,7 +354,9 @@ class LabelTokModel(AdapterRegistry, nn.Module):
     def print_trainable_parameters(self) -> None:
         """Prints trainable and total parameter counts, as PEFT does."""
         trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+        )
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
         """Turns on the backbone's gradient checkpointing (called by `Trainer` for `gradient_checkpointing=True`).
@@ -415,7 +419,9 @@ class LabelTokModel(AdapterRegistry, nn.Module):
             `scores` maps every label to its probability.
         """
         if self.tokenizer is None:
-            raise ValueError("predict() needs a tokenizer: pass tokenizer=... to get_labeltok_model or from_pretrained.")
+            raise ValueError(
+                "predict() needs a tokenizer: pass tokenizer=... to get_labeltok_model or from_pretrained."
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}.")
         single = isinstance(texts, str)

@@ -338,6 +338,7 @@ def test_adapter_moves_between_quantized_and_full_precision(checkpoints, family,
 
 # ----------------------------------------------------------------------------------------- GGUF and processes
 
+
 def _installed_package_dir(name: str) -> Path:
     """Where an installed package lives (found without importing it), or a path that does not exist."""
     spec = importlib.util.find_spec(name)

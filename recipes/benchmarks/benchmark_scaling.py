@@ -7,7 +7,10 @@ backward and AdamW. After warm-up, the two models' steps alternate, so load drif
 alike; the ratio of the medians is reported. Attention modes:
 
     full       labels attend like text tokens, each with its own position (K + length must fit the positions)
-    isolated   each label sees the text and itself only, all labels share one position (any K)
+    isolated   each label sees the text and itself only, all labels share one position (any K): the exact label
+               pass (the text runs once, labels attend to its kept keys/values)
+    late1      isolated, with the labels in the last layer only (label_layers=1, late injection)
+    late1_sampled32   late1, and each training step scores the batch's positives plus negatives, 32 labels in all
 
 CPU (default): MiniLM-shaped BERT (6 x 384) and a small Llama shape (8 x 512), fp32.
 
@@ -97,7 +100,12 @@ SHAPES = {
         512,
     ),
 }
-MODES = {"full": ("full", "sequential"), "isolated": ("isolated", "shared")}
+MODES = {
+    "full": ("full", "sequential", {}),
+    "isolated": ("isolated", "shared", {}),
+    "late1": ("isolated", "shared", {"label_layers": 1}),
+    "late1_sampled32": ("isolated", "shared", {"label_layers": 1, "label_sample_size": 32}),
+}
 SKIPPED_STATUS = {"impossible": "impossible", "oom": "out of memory"}
 
 
@@ -109,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbones", default=None, help=f"comma-separated, from {', '.join(SHAPES)}")
     parser.add_argument("--ks", default=None, help="label counts (default: 8,32,128,512,1024; --cuda: up to 2048)")
     parser.add_argument("--full_max_k", type=int, default=1024, help="largest K timed with full attention")
-    parser.add_argument("--modes", default="full,isolated")
+    parser.add_argument("--modes", default="full,isolated,late1", help=f"comma-separated, from {', '.join(MODES)}")
     parser.add_argument("--batch_size", type=int, default=None, help="override every shape's batch size")
     parser.add_argument("--length", type=int, default=None, help="override every shape's text length (tokens)")
     parser.add_argument("--warmup_steps", type=int, default=2)
@@ -147,7 +155,7 @@ def build_peer(shape: Shape, num_labels: int, args, device: torch.device, dtype:
 
 
 def build_labeltok(shape: Shape, num_labels: int, mode: str, args, device: torch.device, dtype: torch.dtype):
-    attention, positions = MODES[mode]
+    attention, positions, options = MODES[mode]
     with torch.device(device):
         backbone = AutoModel.from_config(backbone_config(shape, num_labels), dtype=dtype)
     config = LabelTokConfig(
@@ -157,6 +165,7 @@ def build_labeltok(shape: Shape, num_labels: int, mode: str, args, device: torch
         label_positions=positions,
         label_chunk_size=args.chunk if attention == "isolated" else None,
         lora=lora_kwargs(args),
+        **options,
     )
     return get_labeltok_model(backbone, config).train()
 
