@@ -51,6 +51,7 @@ def test_saved_runs_are_skipped_and_gathered_only_with_the_same_settings(tmp_pat
         run(tmp_path, "--methods", "linear_probe", "--collect")
 
 
+@pytest.mark.multiprocess
 def test_the_renderer_imports_neither_the_runner_nor_torch():
     """make_benchmarks_md starts the benchmarks as subprocesses and renders in seconds: it must not import them."""
     import subprocess

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -126,6 +127,7 @@ def _final_state(output_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return metrics, tensors
 
 
+@pytest.mark.multiprocess
 def test_killed_run_resumes_to_the_same_result(tmp_path):
     full_dir, crash_dir = tmp_path / "full", tmp_path / "crash"
     full = _launch("full", full_dir)

@@ -57,6 +57,7 @@ def test_the_disk_format_and_the_hub_import_no_model():
         assert not package_imports(module) & {"model", "registry"}, module
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("module", ["constants", "folder_swap", "serialization", "adapters", "hub", "registry"])
 def test_each_module_imports_alone(module):
     """Imported first, in a fresh interpreter (an import cycle would fail here with a partially initialised module)."""
@@ -64,6 +65,7 @@ def test_each_module_imports_alone(module):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.multiprocess
 def test_constants_import_without_torch():
     code = "import sys, labeltok_peft.constants; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -95,6 +95,7 @@ def gradients(model: LabelTokModel, batch: dict) -> dict[str, torch.Tensor | Non
 # ----------------------------------------------------------------------------------------- loading
 
 
+@pytest.mark.multiprocess
 def test_importing_the_module_does_not_import_bitsandbytes():
     code = "import sys, labeltok_peft, labeltok_peft.quantization; print('bitsandbytes' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)

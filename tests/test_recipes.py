@@ -198,6 +198,7 @@ def test_help_is_for_newcomers(capsys):
     assert "Quick start" in text and "--label_learning_rate" in text and "--overwrite_output_dir" in text
 
 
+@pytest.mark.multiprocess
 def test_recipe_script_runs_with_plain_python(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "recipes" / "predict.py"), "--help"], capture_output=True, text=True, timeout=120
@@ -350,6 +351,7 @@ def test_a_diverging_run_stops_keeps_its_finite_checkpoint_and_writes_no_adapter
             assert all(bool(tensor.isfinite().all()) for tensor in load_file(file).values()), file
 
 
+@pytest.mark.multiprocess
 def test_a_second_run_into_the_same_output_dir_is_refused_while_the_first_holds_it(workspace, tmp_path, capsys):
     out = tmp_path / "busy"
     out.mkdir()

@@ -100,6 +100,7 @@ def test_a_save_killed_at_any_step_leaves_the_old_or_the_new_adapter(tmp_path, m
     assert outcomes[0] == "old" and outcomes[-1] == "new", outcomes
 
 
+@pytest.mark.multiprocess
 def test_a_real_sigkill_during_the_switch(tmp_path, models, expected):
     """A child process saves over an adapter and SIGKILLs itself at the switch and just after it."""
     old, new = tmp_path / "old", tmp_path / "new"
@@ -173,6 +174,7 @@ def _save_repeatedly(model, folder: str, rounds: int) -> None:
         model.save_pretrained(folder)
 
 
+@pytest.mark.multiprocess
 @pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
 def test_concurrent_saves_never_mix(tmp_path, models, expected):
     """Three processes save different adapters into one folder at once; every save succeeds, the result is whole."""

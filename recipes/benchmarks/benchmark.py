@@ -23,7 +23,8 @@ Methods (pick with --methods, comma-separated; `key=value` options after colons)
                             linear head (the original repository's scheme); keys: init (resize|label_text)
     labeltok[:key=value...] the label-token adapter; keys: init (label_text|cls|vocab_mean|random), lora (0|1),
                             label_lr (float), head_lr (float; default: lr), attention (full|isolated), positions
-                            (sequential|shared), chunk (int)
+                            (sequential|shared), chunk (int), layers (int: late injection, label_layers),
+                            sample (int: sampled labels per training step, label_sample_size)
     setfit                  SetFit 1.2.0's default recipe on the same backbone (contrastive body training, 20 pair
                             iterations, one epoch, logistic-regression head); keys: iterations, epochs, body_lr,
                             batch. Needs `pip install -e ".[benchmark]"` (recipes/benchmarks/benchmark_setfit.py)

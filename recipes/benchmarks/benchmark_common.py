@@ -38,7 +38,7 @@ METHOD_OPTIONS = {
     "linear_probe": {"C"},
     "full_ft_seq_cls": {"lr"},
     "full_ft_labeltok": {"init", "lr"},
-    "labeltok": {"init", "lora", "label_lr", "head_lr", "attention", "positions", "chunk", "lr"},
+    "labeltok": {"init", "lora", "label_lr", "head_lr", "attention", "positions", "chunk", "layers", "sample", "lr"},
     "setfit": {"iterations", "epochs", "body_lr", "batch"},
 }
 

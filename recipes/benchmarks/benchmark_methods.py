@@ -152,6 +152,8 @@ def run_labeltok(options: dict[str, str], data, args, seed: int) -> tuple[dict, 
         label_attention=options.get("attention", "full"),
         label_positions=options.get("positions", "sequential"),
         label_chunk_size=int(options["chunk"]) if "chunk" in options else None,
+        label_layers=int(options["layers"]) if "layers" in options else None,
+        label_sample_size=int(options["sample"]) if "sample" in options else None,
         lora=lora_kwargs(args) if options.get("lora", "1") == "1" else None,
         init_seed=seed,
     )
