@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from .config import LabelTokConfig
 from .constants import is_hub_id
 
+# Longer descriptions are cut in the card's label table (the config keeps them whole).
+DESCRIPTION_CHARS = 80
+
 
 @dataclass
 class ModelCardInfo:
@@ -68,9 +71,25 @@ def _labels_section(config: LabelTokConfig) -> list[str]:
         else "single-label (softmax over the labels; one label per text)"
     )
     lines = ["## Labels", "", f"{config.num_labels} labels, {kind}. Logit `i` scores label `i`:", ""]
-    lines += ["| id | label |", "|---:|---|"]
-    lines += [f"| {index} | {_escape_cell(label)} |" for index, label in config.id2label.items()]
-    return lines
+    descriptions = config.label_descriptions or {}
+    if not descriptions:
+        lines += ["| id | label |", "|---:|---|"]
+        return lines + [f"| {index} | {_escape_cell(label)} |" for index, label in config.id2label.items()]
+    lines += ["| id | label | description |", "|---:|---|---|"]
+    for index, label in config.id2label.items():
+        text = _short(descriptions[label]) if label in descriptions else "(its name)"
+        lines.append(f"| {index} | {_escape_cell(label)} | {_escape_cell(text)} |")
+    return lines + [
+        "",
+        "Descriptions are stored in `labeltok_config.json` (`label_descriptions`); with `label_init='label_text'` a "
+        "label's row started from its description, else from its name.",
+    ]
+
+
+def _short(text: str, limit: int = DESCRIPTION_CHARS) -> str:
+    """The text on one line, cut to `limit` characters with an ellipsis (the full text is in the config)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def _escape_cell(text: str) -> str:

@@ -22,6 +22,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from torch import nn
 
+from . import label_set
 from .adapters import (
     FINGERPRINT_PREFIX,
     attach_lora,
@@ -201,6 +202,35 @@ class AdapterRegistry:
             raise ValueError(f"Cannot delete {adapter_name!r}: it is the active adapter; {fix}.")
         self._detach(adapter_name)
         self.set_adapter(self.active_adapter)
+
+    # ----------------------------------------------------------------------------------------- label set
+
+    def add_labels(
+        self,
+        names: str | list[str],
+        descriptions: dict[str, str] | None = None,
+        adapter_name: str | None = None,
+    ) -> None:
+        """Adds labels to a (trained) adapter without retraining; see `label_set.add_labels`.
+
+        New rows start as the adapter's `label_init` would start them (from the name, or the description when
+        given); the head and LoRA weights are untouched; with a per-label bias new labels start at the mean bias. The
+        label table becomes a new `nn.Parameter` (same `requires_grad`): build a new optimizer afterwards. A failed
+        call leaves the model unchanged.
+
+        Args:
+            names: the new label names, appended after the existing ones.
+            descriptions: optional text per new label (name -> text), stored in the config.
+            adapter_name: the adapter to extend; the active one by default.
+        """
+        label_set.add_labels(self, names, descriptions=descriptions, adapter_name=adapter_name)
+
+    def remove_labels(self, names: str | list[str], adapter_name: str | None = None) -> None:
+        """Removes labels from an adapter (at least two must remain); see `label_set.remove_labels`.
+
+        The label table becomes a new `nn.Parameter` (same `requires_grad`): build a new optimizer afterwards.
+        """
+        label_set.remove_labels(self, names, adapter_name=adapter_name)
 
     # ----------------------------------------------------------------------------------------- load
 

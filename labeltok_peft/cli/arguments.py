@@ -162,6 +162,15 @@ class LabelTokArguments:
         default=LabelInit.LABEL_TEXT.value,
         metadata={"help": "How label rows start.", "choices": [member.value for member in LabelInit]},
     )
+    label_descriptions: str | None = field(
+        default=None,
+        metadata={
+            "help": "A short text per label: a .json or .yaml mapping (label: description) or a .csv with the columns "
+            "label,description (in a --config file also an inline mapping). With label_init label_text a label's row "
+            "starts from its description instead of its name; stored in the adapter and shown in its model card. "
+            "Labels left out start from their name; unknown labels and empty descriptions are errors."
+        },
+    )
     placement: str = field(
         default=Placement.AUTO.value,
         metadata={"help": "Where label tokens go.", "choices": [member.value for member in Placement]},
@@ -175,7 +184,22 @@ class LabelTokArguments:
         metadata={"help": "Position ids of label tokens.", "choices": [member.value for member in LabelPositions]},
     )
     label_chunk_size: int | None = field(
-        default=None, metadata={"help": "With isolated attention, score at most this many labels per pass."}
+        default=None,
+        metadata={"help": "With isolated attention, score at most this many labels per label call (one text pass)."},
+    )
+    label_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "With isolated attention, labels join only the last N layers (late injection: cheaper, a "
+            "different model). Default: all layers."
+        },
+    )
+    label_sample_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "With isolated attention, score each training batch's positive labels plus sampled negatives, "
+            "this many labels in all (for thousands of labels). Evaluation scores every label."
+        },
     )
     per_label_bias: bool = field(default=False, metadata={"help": "Learn a bias per label on top of the head."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank; 0 trains no LoRA (label table and head only)."})
@@ -196,8 +220,14 @@ class LabelTokArguments:
     def __post_init__(self) -> None:
         for name in ("label_learning_rate", "head_learning_rate"):
             _require_learning_rate(f"--{name}", getattr(self, name))
-        if self.label_chunk_size is not None:
-            _require_positive_int("--label_chunk_size", self.label_chunk_size)
+        for name in ("label_chunk_size", "label_layers", "label_sample_size"):
+            if getattr(self, name) is not None:
+                _require_positive_int(f"--{name}", getattr(self, name))
+        if self.label_descriptions is not None and not isinstance(self.label_descriptions, (str, dict)):
+            raise ValueError(
+                "--label_descriptions must be a file path (or, in a --config file, a mapping of label to description); "
+                f"got {type(self.label_descriptions).__name__}."
+            )
 
     def lora_kwargs(self) -> dict[str, Any] | None:
         """`peft.LoraConfig` keyword arguments, or `None` when `lora_r` is 0."""

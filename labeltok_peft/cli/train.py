@@ -79,9 +79,14 @@ def _train(model_args, data_args, labeltok_args, training_args, output_dir: Path
     from ..config import LabelTokConfig
     from ..model import get_labeltok_model
     from .dataset_loading import load_splits, prepare_splits
+    from .label_descriptions import check_label_descriptions, read_label_descriptions
 
     set_seed(training_args.seed)
     data_args.resolve_defaults()
+    # A bad descriptions file fails before the data is read.
+    descriptions = None
+    if labeltok_args.label_descriptions is not None:
+        descriptions = read_label_descriptions(labeltok_args.label_descriptions)
 
     raw = load_splits(
         data_args.train_file,
@@ -121,6 +126,9 @@ def _train(model_args, data_args, labeltok_args, training_args, output_dir: Path
         {name: len(split) for name, split in splits.items()},
     )
 
+    if descriptions is not None:  # checked against the label set as soon as it is known
+        descriptions = check_label_descriptions(descriptions, data.labels, labeltok_args.label_init)
+
     backbone, tokenizer = load_backbone_from_args(model_args)
     if model_args.precision in ("nf4", "int8"):
         from ..quantization import prepare_kbit_training
@@ -130,10 +138,13 @@ def _train(model_args, data_args, labeltok_args, training_args, output_dir: Path
         labels=data.labels,
         problem_type=data.problem_type,
         label_init=labeltok_args.label_init,
+        label_descriptions=descriptions,
         placement=labeltok_args.placement,
         label_attention=labeltok_args.label_attention,
         label_positions=labeltok_args.label_positions,
         label_chunk_size=labeltok_args.label_chunk_size,
+        label_layers=labeltok_args.label_layers,
+        label_sample_size=labeltok_args.label_sample_size,
         per_label_bias=labeltok_args.per_label_bias,
         lora=labeltok_args.lora_kwargs(),
         init_seed=training_args.seed,
