@@ -1,4 +1,5 @@
-"""The train recipe in one process vs two CPU processes (gloo), and two "machines" on loopback.
+"""The train recipe in one process vs two CPU processes (gloo), and two "machines" on loopback; the label pass
+(isolated attention, shared positions) in one process vs two.
 
 Same global batch in every run (16 = 1 x 16 = 2 x 8), a dropout-free backbone and one seed, so each run computes the
 same training; only the order of floating-point reductions differs. Tolerances: accuracy and F1 within 0.05
@@ -52,6 +53,12 @@ def recipe_args(workspace: Path, output_dir: Path, processes: int) -> list[str]:
     ]  # fmt: skip
 
 
+def launch_two_processes(workspace: Path, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [*LAUNCH, "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--main_process_port", str(free_port()), TRAIN, *recipe_args(workspace, output_dir, 2), *extra]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 def check(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
@@ -84,10 +91,8 @@ def assert_same_training(reference: Path, other: Path) -> None:
 
 def test_two_processes_match_one_process(workspace, single_process):
     output_dir = workspace / "two"
-    command = [*LAUNCH, "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--main_process_port", str(free_port()), TRAIN, *recipe_args(workspace, output_dir, 2)]  # fmt: skip
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = launch_two_processes(workspace, output_dir)
     check(result)
     print(f"2 processes: {time.perf_counter() - started:.1f} s")
     assert result.stdout.count("[labeltok] eval:") == 1  # only the main process prints and writes
@@ -110,3 +115,39 @@ def test_two_machines_on_loopback_match_one_process(workspace, single_process):
     for output in outputs:
         check(output)
     assert_same_training(single_process, output_dir)
+
+
+# The label pass: the text runs once and the labels attend to its kept keys/values (labeltok_peft/label_pass.py).
+# find_unused_parameters=False (stated here, also the recipe's default) makes DDP fail the step after any trainable
+# weight got no gradient: the kept keys/values must keep the LoRA weights of the text pass in the graph.
+LABEL_PASS = ["--label_attention", "isolated", "--label_positions", "shared", "--ddp_find_unused_parameters", "false"]
+DDP_UNUSED_ERRORS = ("Expected to have finished reduction", "did not receive grad", "unused parameters")
+
+
+def test_label_pass_trains_in_two_processes_like_one_process(workspace):
+    from transformers import AutoModel
+
+    from labeltok_peft import LabelTokConfig, get_labeltok_model
+
+    config = LabelTokConfig(
+        labels=["a", "b"], label_attention="isolated", label_positions="shared", label_init="random"
+    )
+    assert get_labeltok_model(AutoModel.from_pretrained(workspace / "tiny"), config)._uses_label_pass(config)
+
+    started = time.perf_counter()
+    one = subprocess.run([sys.executable, TRAIN, *recipe_args(workspace, workspace / "pass_one", 1), *LABEL_PASS],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    check(one)
+    two = launch_two_processes(workspace, workspace / "pass_two", *LABEL_PASS)
+    check(two)
+    print(f"label pass, 1 then 2 processes: {time.perf_counter() - started:.1f} s")
+    for result in (one, two):
+        assert not any(error in result.stderr for error in DDP_UNUSED_ERRORS), result.stderr[-3000:]
+    assert two.stdout.count("[labeltok] eval:") == 1
+    saved = json.loads((workspace / "pass_two" / "labeltok_config.json").read_text())["labeltok_config"]
+    assert (saved["label_attention"], saved["label_positions"]) == ("isolated", "shared")
+    for name in ("pass_one", "pass_two"):
+        evaluation, training = results(workspace / name)
+        print(name, {key: round(value, 5) for key, value in {**evaluation, **training}.items() if "loss" in key or
+                     key in ("eval_accuracy", "eval_macro_f1")})  # fmt: skip
+    assert_same_training(workspace / "pass_one", workspace / "pass_two")

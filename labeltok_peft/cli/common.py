@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..decoding import resolve_max_length, resolve_thresholds
+from ..decoding import DEFAULT_THRESHOLD, resolve_max_length, resolve_thresholds
 from ..nonfinite import NonFiniteTrainingError
 from .output_lock import LOCK_FILE_NAME
 
@@ -66,9 +66,19 @@ def wait_for_everyone(training_args) -> None:
 
 
 def write_recipe_settings(output_dir: str | os.PathLike, settings: dict[str, Any]) -> None:
-    """Writes `labeltok_recipe.json` (backbone name, columns, max length, thresholds) beside the adapter."""
+    """Writes `labeltok_recipe.json` (backbone name, columns, max length, thresholds) beside the adapter.
+
+    Written to a temporary file and renamed into place, so a failed write (a full disk) leaves the previous file,
+    never a truncated one.
+    """
     path = Path(output_dir) / RECIPE_SETTINGS_NAME
-    path.write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
+    staging = path.with_name(f".{RECIPE_SETTINGS_NAME}.{os.getpid()}.tmp")
+    try:
+        staging.write_text(json.dumps(settings, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(staging, path)
+    except OSError as error:
+        staging.unlink(missing_ok=True)
+        raise OSError(f"Could not write {path}: {error.strerror or error}. Free disk space and train again.") from error
 
 
 def read_recipe_settings(adapter_path: str | os.PathLike) -> dict[str, Any]:
@@ -165,12 +175,17 @@ def fit_max_length(requested: int, model, tokenizer) -> int:
 def adapter_thresholds(
     threshold_flag: float | None, settings: dict[str, Any], config, adapter_path
 ) -> list[float] | None:
-    """The multi-label thresholds to decide with: `--threshold` for every label, else the per-label thresholds
-    `labeltok train` tuned and recorded in `labeltok_recipe.json`, else 0.5. `None` for single-label adapters.
+    """The multi-label thresholds to decide with, one per label of the adapter (in its label order).
+
+    `--threshold` applies to every label. Without it, each label uses the threshold `labeltok train` tuned for it and
+    recorded in `labeltok_recipe.json` (keyed by label name), and 0.5 when none was recorded: a label added after
+    training (`add_labels`) gets 0.5 and one removed (`remove_labels`) drops out, each with a log line. Files written
+    before thresholds were keyed hold a list in label order; it is used while its length still fits the labels.
+    `None` for single-label adapters.
 
     Raises:
-        ValueError: a threshold outside [0, 1] or NaN, or recorded thresholds that do not fit the adapter's labels
-            (an edited recipe file), naming the flag or the file.
+        ValueError: a threshold outside [0, 1] or NaN, or recorded thresholds that cannot be matched to the adapter's
+            labels (an edited recipe file, or an old list after the label set changed), naming the flag or the file.
     """
     if not config.is_multi_label:
         if threshold_flag is not None:
@@ -180,10 +195,36 @@ def adapter_thresholds(
         return resolve_thresholds(threshold_flag, config.labels, source="--threshold")
     recorded = settings.get("thresholds")
     source = f"'thresholds' in {Path(adapter_path) / RECIPE_SETTINGS_NAME}"
+    if isinstance(recorded, list) and len(recorded) != len(config.labels):
+        raise ValueError(
+            f"{source} is a list of {len(recorded)} thresholds in the label order of the trained adapter, which now "
+            f"has {len(config.labels)} labels (its label set changed), so they cannot be matched to labels. Rewrite "
+            "them as a mapping from label name to threshold, train the adapter again, or pass --threshold."
+        )
     try:
+        if isinstance(recorded, dict):
+            recorded = _thresholds_for_labels(recorded, config.labels, source)
         return resolve_thresholds(recorded, config.labels, source=source)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{error} Train the adapter again, fix or delete the file, or pass --threshold.") from None
+
+
+def _thresholds_for_labels(recorded: dict[str, Any], labels: list[str], source: str) -> dict[str, Any]:
+    """The recorded thresholds of the labels the adapter still has; logs the labels that gain or lose one."""
+    removed = [name for name in recorded if name not in labels]
+    added = [name for name in labels if name not in recorded]
+    if removed:
+        logger.warning("%s: ignoring the thresholds of labels the adapter no longer has: %s", source, removed)
+    if added:
+        logger.warning(
+            "%s has no tuned threshold for %d label(s) added after training, which use %s: %s (pass --threshold to "
+            "set one threshold for every label).",
+            source,
+            len(added),
+            DEFAULT_THRESHOLD,
+            added,
+        )
+    return {name: value for name, value in recorded.items() if name in labels}
 
 
 def tokenize_splits(

@@ -65,11 +65,20 @@ def train(model_args, data_args, labeltok_args, training_args) -> dict[str, dict
     output_dir = Path(training_args.output_dir)
     # One run per folder: a second `labeltok train` into the same --output_dir is refused while this one runs.
     with output_dir_lock(output_dir, enabled=training_args.distributed_state.is_main_process):
-        resuming = bool(training_args.resume_from_checkpoint)
+        training_args.resume_from_checkpoint = resume_target(training_args.resume_from_checkpoint)
+        resuming = training_args.resume_from_checkpoint is not None
         guard_output_dir(output_dir, training_args.overwrite_output_dir or resuming)
         # Every process has checked the folder before any process writes to it.
         wait_for_everyone(training_args)
         return _train(model_args, data_args, labeltok_args, training_args, output_dir, started)
+
+
+def resume_target(value: str | bool | None) -> str | bool | None:
+    """`--resume_from_checkpoint` as `Trainer.train` takes it: `true` means the newest `checkpoint-N` in
+    --output_dir (`True`), `false` or empty means no resuming (`None`), anything else is a checkpoint folder."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no", "0", ""):
+        return True if value.strip().lower() in ("true", "yes", "1") else None
+    return value or None
 
 
 def _train(model_args, data_args, labeltok_args, training_args, output_dir: Path, started: float):
@@ -195,7 +204,9 @@ def _train(model_args, data_args, labeltok_args, training_args, output_dir: Path
     if trainer.is_world_process_zero():
         headline = {key: value for key, value in results.get("eval", {}).items() if key.endswith(("accuracy", "_f1"))}
         model.save_pretrained(output_dir, dataset_name=dataset_name, metrics=headline or None)
-        write_recipe_settings(output_dir, dict(settings, thresholds=thresholds))
+        # Keyed by label name, so they still apply to the labels that keep them after add_labels/remove_labels.
+        by_label = dict(zip(data.labels, thresholds, strict=True)) if thresholds is not None else None
+        write_recipe_settings(output_dir, dict(settings, thresholds=by_label))
         minutes = (time.perf_counter() - started) / 60
         notes = [
             f"- backbone: `{model_args.model_name_or_path}`; data: `{dataset_name}`",
