@@ -6,7 +6,12 @@ steps relative to PEFT LoRA sequence classification on the same batch. Nothing i
 the padded token ratio (T+K)/T (what the spliced sequence costs), the exact floor 1 + K/T (every label needs its own
 projections and MLP in every layer) and the late-injection estimate 1 + K n / (T L).
 
-    python -m recipes.benchmarks.benchmark_label_pass [--steps 7] [--splice]
+    python -m recipes.benchmarks.benchmark_label_pass [--steps 7] [--splice] [--output_dir outputs/label_pass]
+
+Rows: K = 26, 61, 128 and 512 labels on the WordNet lexnames shape (batch 8 x 46 tokens), and K = 512 again on
+batch 2 x 64 (the shape of the prototype in DESIGN.md). With `--output_dir` the rows, the settings and the environment
+(versions, threads, load average, git commit) go to `<output_dir>/label_pass.json`, and
+recipes/benchmarks/make_label_pass_md.py renders docs/benchmarks/label_pass.md and its plot from them.
 
 With `--many_labels K` it instead trains a model with K labels (default 10,000; random label names) with sampled
 labels and late injection for a few steps (interleaved with the peer and its K-way head), evaluates every label in
@@ -19,15 +24,20 @@ is built too, so it is an upper bound):
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from labeltok_peft import LabelTokConfig, get_labeltok_model
+from recipes.benchmarks.benchmark_common import environment_info
+from recipes.benchmarks.make_label_pass_md import render
 
 MINILM = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
 LORA = {"r": 16, "lora_alpha": 32, "target_modules": ["query", "value"]}
@@ -75,44 +85,100 @@ def make_batch(batch_size: int, tokens: int, num_labels: int) -> dict[str, torch
     }
 
 
-def rows(splice: bool) -> list[tuple[int, int, int, dict[str, dict]]]:
-    """(batch, tokens, K, {method: label-token options}) for each measured row."""
-    late = {f"late n={n}": {"label_layers": n} for n in (1, 2, 3)}
-    methods = {"exact": {}} | late
-    if splice:
-        methods = {"splice": {"splice": True}} | methods
-    sampled = {
-        "exact": {},
-        "sampled k=32": {"label_sample_size": 32},
-        "late n=1": {"label_layers": 1},
-        "sampled k=32, late n=1": {"label_sample_size": 32, "label_layers": 1},
-    }
-    return [(*LEXNAMES, 26, methods), (*LEXNAMES, 61, methods), (*LEXNAMES, 512, sampled)]
+SAMPLE_SIZE = 32  # labels a sampled training step scores (positives plus shared negatives)
+# Label-token variants, by the name the table and the JSON use. "splice" is timed with --splice only.
+VARIANTS: dict[str, dict] = {
+    "splice": {"splice": True},
+    "exact": {},
+    "late n=1": {"label_layers": 1},
+    "late n=2": {"label_layers": 2},
+    "late n=3": {"label_layers": 3},
+    f"sampled k={SAMPLE_SIZE}": {"label_sample_size": SAMPLE_SIZE},
+    f"sampled k={SAMPLE_SIZE}, late n=1": {"label_sample_size": SAMPLE_SIZE, "label_layers": 1},
+}
+SHAPES = [(*LEXNAMES, 26), (*LEXNAMES, 61), (*LEXNAMES, 128), (*LEXNAMES, 512), (2, 64, 512)]
 
 
-def compare(steps: int, splice: bool) -> None:
+def rows(splice: bool, splice_max_labels: int | None = None) -> list[tuple[int, int, int, dict[str, dict]]]:
+    """(batch, tokens, K, {variant: label-token options}) for each measured row.
+
+    Sampled variants are left out where k >= K (every label is scored: they are the exact pass), the spliced path
+    where `splice` is off or K is above `splice_max_labels`.
+    """
+    measured = []
+    for batch_size, tokens, num_labels in SHAPES:
+        methods = {}
+        for name, options in VARIANTS.items():
+            if name == "splice" and (not splice or (splice_max_labels and num_labels > splice_max_labels)):
+                continue
+            if "label_sample_size" not in options or options["label_sample_size"] < num_labels:
+                methods[name] = options
+        measured.append((batch_size, tokens, num_labels, methods))
+    return measured
+
+
+def estimate(options: dict, tokens: int, num_labels: int) -> float:
+    """The late-injection cost estimate 1 + K n / (T L), with K the labels a step scores and n their layers."""
     layers = MINILM["num_hidden_layers"]
-    for batch_size, tokens, num_labels, methods in rows(splice):
-        torch.manual_seed(0)
-        batch = make_batch(batch_size, tokens, num_labels)
-        runs = {"peer": make_step(peer(num_labels), batch)}
-        runs |= {name: make_step(label_tokens(num_labels, **options), batch) for name, options in methods.items()}
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for index in range(steps + 2):
-            for name, step in runs.items():
-                elapsed = step()
-                if index >= 2:
-                    times[name].append(elapsed)
-        median = {name: statistics.median(values) for name, values in times.items()}
+    n = options.get("label_layers", layers)
+    scored = min(options.get("label_sample_size", num_labels), num_labels)
+    return 1 + scored * n / (tokens * layers)
+
+
+def measure_row(batch_size: int, tokens: int, num_labels: int, methods: dict[str, dict], steps: int) -> dict:
+    """Times the peer and every variant on one batch, interleaved step by step; medians after 2 warm-up steps."""
+    torch.manual_seed(0)
+    batch = make_batch(batch_size, tokens, num_labels)
+    runs = {"peer": make_step(peer(num_labels), batch)}
+    runs |= {name: make_step(label_tokens(num_labels, **options), batch) for name, options in methods.items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for index in range(steps + 2):
+        for name, step in runs.items():
+            elapsed = step()
+            if index >= 2:
+                times[name].append(elapsed)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "batch_size": batch_size,
+        "tokens": tokens,
+        "num_labels": num_labels,
+        "peer_ms": 1000 * median["peer"],
+        "token_ratio": (tokens + num_labels) / tokens,
+        "exact_floor": 1 + num_labels / tokens,
+        "late_estimate_n1": estimate({"label_layers": 1}, tokens, num_labels),
+        "estimates": {name: estimate(options, tokens, num_labels) for name, options in methods.items()},
+        "ratios": {name: median[name] / median["peer"] for name in methods},
+        "median_ms": {name: 1000 * value for name, value in median.items()},
+        "steps_ms": {name: [1000 * value for value in values] for name, values in times.items()},
+    }
+
+
+def compare(steps: int, splice: bool, splice_max_labels: int | None = None) -> list[dict]:
+    """Measures and prints every row; returns them (see `measure_row`)."""
+    measured = []
+    for batch_size, tokens, num_labels, methods in rows(splice, splice_max_labels):
+        start = time.perf_counter()
+        row = measure_row(batch_size, tokens, num_labels, methods, steps)
+        row["wall_s"] = time.perf_counter() - start
+        measured.append(row)
         print(
-            f"\n{batch_size} x {tokens}, K={num_labels}: peer step {1000 * median['peer']:.0f} ms, token ratio "
-            f"(T+K)/T {(tokens + num_labels) / tokens:.2f}, exact floor 1+K/T {1 + num_labels / tokens:.2f}"
+            f"\n{batch_size} x {tokens}, K={num_labels}: peer step {row['peer_ms']:.0f} ms, token ratio "
+            f"(T+K)/T {row['token_ratio']:.2f}, exact floor 1+K/T {row['exact_floor']:.2f} "
+            f"({row['wall_s']:.0f} s)",
+            flush=True,
         )
-        for name, options in methods.items():
-            n = options.get("label_layers", layers)
-            scored = min(options.get("label_sample_size", num_labels), num_labels)
-            estimate = 1 + scored * n / (tokens * layers)
-            print(f"  {name:<24} {median[name] / median['peer']:.2f}x   (estimate 1+Kn/(TL) = {estimate:.2f})")
+        for name in methods:
+            print(f"  {name:<24} {row['ratios'][name]:.2f}x   (estimate 1+Kn/(TL) = {row['estimates'][name]:.2f})")
+    return measured
+
+
+def write_results(output_dir: Path, measured: list[dict], settings: dict, environment: dict) -> Path:
+    """Writes `<output_dir>/label_pass.json`: settings, environment and the measured rows."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "label_pass.json"
+    payload = {"settings": settings, "environment": environment, "rows": measured}
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path
 
 
 def many_labels(num_labels: int, sample_size: int, label_layers: int, steps: int, chunk: int) -> None:
@@ -154,6 +220,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=7, help="timed steps per method (after 2 warm-up steps)")
     parser.add_argument("--splice", action="store_true", help="also time the spliced 4D-mask path")
     parser.add_argument(
+        "--splice_max_labels", type=int, default=None, help="--splice: time the spliced path only up to this K"
+    )
+    parser.add_argument(
+        "--output_dir",
+        type=Path,
+        default=None,
+        help="write label_pass.json there and render docs/benchmarks/label_pass.md and label_pass.png",
+    )
+    parser.add_argument(
+        "--doc",
+        type=Path,
+        default=None,
+        help="--output_dir: the page to render (default docs/benchmarks/label_pass.md)",
+    )
+    parser.add_argument(
         "--many_labels", type=int, default=None, help="train and evaluate one model with this many labels"
     )
     parser.add_argument("--sample_size", type=int, default=32, help="--many_labels: labels scored per training step")
@@ -163,8 +244,29 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.many_labels:
         many_labels(args.many_labels, args.sample_size, args.label_layers, args.steps, args.chunk)
-    else:
-        compare(args.steps, args.splice)
+        return
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    measured = compare(args.steps, args.splice, args.splice_max_labels)
+    if args.output_dir is None:
+        return
+    settings = {
+        "steps": args.steps,
+        "warmup_steps": 2,
+        "splice": args.splice,
+        "splice_max_labels": args.splice_max_labels,
+        "backbone": "BERT (" + ", ".join(f"{key}={value}" for key, value in MINILM.items()) + "; random weights)",
+        "lora": LORA,
+        "sample_size": SAMPLE_SIZE,
+        "dtype": "float32",
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "wall_s": time.perf_counter() - start,
+    }
+    path = write_results(args.output_dir, measured, settings, environment_info(threads=torch.get_num_threads()))
+    print(f"\nwrote {path}")
+    for written in render(path, doc=args.doc):
+        print(f"wrote {written}")
 
 
 if __name__ == "__main__":
