@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class ProblemType(str, Enum):
@@ -34,15 +37,17 @@ class Placement(str, Enum):
 
 
 class LabelAttention(str, Enum):
-    """What label tokens may attend to."""
+    """What label tokens may attend to; `auto` is resolved by the model when the adapter is added."""
 
+    AUTO = "auto"
     FULL = "full"
     ISOLATED = "isolated"
 
 
 class LabelPositions(str, Enum):
-    """Which position ids label tokens get."""
+    """Which position ids label tokens get; `auto` is resolved with the attention (shared with isolated)."""
 
+    AUTO = "auto"
     SEQUENTIAL = "sequential"
     SHARED = "shared"
 
@@ -105,18 +110,22 @@ class LabelTokConfig:
         },
     )
     label_attention: LabelAttention | str = field(
-        default=LabelAttention.FULL,
+        default=LabelAttention.AUTO,
         metadata={
-            "help": "'full': labels and text attend as the backbone normally does. 'isolated': every label sees the "
-            "text and itself only and the text does not see labels, so label logits are independent of each other."
+            "help": "'isolated': every label sees the text and itself only and the text does not see labels, so label "
+            "logits are independent of each other (run as the label pass: the text goes through the backbone once). "
+            "'full': labels and text attend as the backbone normally does. 'auto' (default): 'isolated' where the "
+            "backbone takes it, else 'full' (DeBERTa), with a log line; see BENCHMARKS.md for the measurements."
         },
     )
     label_positions: LabelPositions | str = field(
-        default=LabelPositions.SEQUENTIAL,
+        default=LabelPositions.AUTO,
         metadata={
             "help": "'sequential': each label token takes its own position id (labels spend the position budget). "
             "'shared': all label tokens take the one position the first label would have and the text keeps its "
-            "own positions, so any number of labels fits."
+            "own positions, so any number of labels fits. 'auto' (default): 'shared' with isolated attention on a "
+            "backbone that takes position ids, else 'sequential' (labels that share a position and see each other "
+            "blur)."
         },
     )
     label_chunk_size: int | None = field(
@@ -193,7 +202,7 @@ class LabelTokConfig:
                 raise ValueError(
                     f"LabelTokConfig.label_chunk_size must be a positive integer or None; got {self.label_chunk_size!r}."
                 )
-            if self.label_attention != LabelAttention.ISOLATED:
+            if self.label_attention == LabelAttention.FULL:
                 raise ValueError(
                     "LabelTokConfig.label_chunk_size needs label_attention='isolated' (with full attention labels "
                     f"see each other, so chunks would change the logits); got label_attention={self.label_attention.value!r}."
@@ -204,7 +213,7 @@ class LabelTokConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"LabelTokConfig.{name} must be a positive integer or None; got {value!r}.")
-            if self.label_attention != LabelAttention.ISOLATED:
+            if self.label_attention == LabelAttention.FULL:
                 raise ValueError(
                     f"LabelTokConfig.{name}={value} needs label_attention='isolated' (with full attention the text "
                     f"and the labels attend to each other in every layer); got "
@@ -219,6 +228,36 @@ class LabelTokConfig:
             raise TypeError(
                 f"LabelTokConfig.lora must be a dict of peft.LoraConfig arguments or None; got {type(self.lora).__name__}."
             )
+
+    def resolve_modes(self, supports_isolated: bool, accepts_position_ids: bool) -> LabelTokConfig:
+        """Returns a copy whose `auto` attention and positions are made concrete for a backbone.
+
+        Args:
+            supports_isolated: whether the backbone takes isolated label attention (DeBERTa does not).
+            accepts_position_ids: whether its forward takes explicit position ids (needed by shared positions).
+
+        Raises:
+            ValueError: `auto` attention falls back to 'full' while an option that needs isolation is set.
+        """
+        attention, positions = self.label_attention, self.label_positions
+        if attention == LabelAttention.AUTO:
+            attention = LabelAttention.ISOLATED if supports_isolated else LabelAttention.FULL
+            if attention == LabelAttention.FULL:
+                needs_isolation = [
+                    name
+                    for name in ("label_chunk_size", "label_layers", "label_sample_size")
+                    if getattr(self, name) is not None
+                ]
+                if needs_isolation:
+                    raise ValueError(
+                        f"LabelTokConfig.{needs_isolation[0]} needs isolated label attention, which this backbone "
+                        "does not take; unset it (label_attention='auto' falls back to 'full' here)."
+                    )
+                logger.info("label_attention='auto' is 'full' on this backbone: it takes no isolated label attention.")
+        if positions == LabelPositions.AUTO:
+            isolated_with_ids = attention == LabelAttention.ISOLATED and accepts_position_ids
+            positions = LabelPositions.SHARED if isolated_with_ids else LabelPositions.SEQUENTIAL
+        return dataclasses.replace(self, label_attention=attention, label_positions=positions)
 
     @property
     def num_labels(self) -> int:

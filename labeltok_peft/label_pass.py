@@ -40,6 +40,8 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 # Our registered implementation for each attention implementation a backbone may use.
 _NAMES = {"sdpa": "labeltok_label_pass_sdpa", "eager": "labeltok_label_pass_eager"}
+# The backbone attention implementations the label pass reproduces exactly (and our own names for them).
+LABEL_PASS_KERNELS = frozenset(_NAMES) | frozenset(_NAMES.values())
 
 
 @dataclass

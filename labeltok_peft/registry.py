@@ -41,6 +41,7 @@ from .constants import DEFAULT_ADAPTER_NAME, validate_adapter_name
 from .head import LabelHead
 from .hub import resolve_adapter_source, upload_adapter_folder
 from .label_init import initial_label_table
+from .label_pass import LABEL_PASS_KERNELS
 from .serialization import (
     AdapterFormatError,
     AdapterPayload,
@@ -74,6 +75,17 @@ class AdapterRegistry:
 
     def _fingerprint(self) -> BackboneFingerprint:
         return BackboneFingerprint.of(self.base_model, self.backbone_info)
+
+    def _resolve_modes(self, config: LabelTokConfig) -> LabelTokConfig:
+        """The config with `auto` attention and positions made concrete for this backbone (what gets saved).
+
+        `auto` is isolated attention where the backbone takes it: not on DeBERTa (no custom 4D mask) and not on an
+        attention kernel the label pass cannot reproduce (flash or flex attention), where it is full attention.
+        """
+        info = self.backbone_info
+        kernel = getattr(self.base_model.config, "_attn_implementation", None) or "eager"
+        supports_isolated = info.supports_custom_4d_mask and kernel in LABEL_PASS_KERNELS
+        return config.resolve_modes(supports_isolated, info.accepts_position_ids)
 
     def _require_adapter(self, adapter_name: str) -> None:
         if adapter_name not in self.labeltok_configs:
@@ -160,6 +172,7 @@ class AdapterRegistry:
         validate_adapter_name(adapter_name)
         if adapter_name in self.labeltok_configs:
             raise ValueError(f"An adapter named {adapter_name!r} already exists; pick another name or delete it first.")
+        config = self._resolve_modes(config)
         self._check_positions(config)
         lora_config = LoraConfig(**config.lora) if config.lora is not None else None
         if lora_config is not None:  # before the label table is built: refuse early, whatever else is missing
@@ -306,6 +319,7 @@ class AdapterRegistry:
         folder, root = resolve_adapter_source(adapter_directory, revision=revision, token=token, cache_dir=cache_dir)
         payload = read_adapter(folder, root=root)
         check_fingerprint(payload.backbone, self._fingerprint(), adapter_directory)
+        payload.config = self._resolve_modes(payload.config)
         self._check_positions(payload.config)
         self._install(adapter_name, payload, str(adapter_directory), AdapterFormatError)
         if not is_trainable:

@@ -63,8 +63,12 @@ def test_shared_positions_leave_the_same_text_budget_for_any_number_of_labels():
     for bad in (0, -3):
         with pytest.raises(ValueError, match="--max_seq_length must be a positive number of tokens"):
             resolve_max_length(model, bad, tokenizer, flag="--max_seq_length", lower=True)
-    sequential = get_labeltok_model(tiny_backbone("bert"), LabelTokConfig(labels=LABELS), tokenizer=tokenizer)
+    sequential_config = LabelTokConfig(labels=LABELS, label_positions="sequential")
+    sequential = get_labeltok_model(tiny_backbone("bert"), sequential_config, tokenizer=tokenizer)
     assert resolve_max_length(sequential, 128, tokenizer, lower=True) == 64 - len(LABELS)
+    # The default ('auto' is isolated + shared on BERT) leaves the shared budget too, for any number of labels.
+    default = get_labeltok_model(tiny_backbone("bert"), LabelTokConfig(labels=many), tokenizer=tokenizer)
+    assert resolve_max_length(default, 128, tokenizer, lower=True) == 63
 
 
 # Lists of numbers read the same way by the library (`encode_label`) and the command line (`detect_format`).

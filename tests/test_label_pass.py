@@ -191,7 +191,8 @@ def test_other_attention_kernels_are_refused_with_the_fix(kernel):
     with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
         model(**make_batch("right"))
     # Full attention passes a plain padding mask: any kernel can take it.
-    full = get_labeltok_model(BACKBONES["llama"](), LabelTokConfig(labels=LABELS, label_init="random"))
+    config = LabelTokConfig(labels=LABELS, label_init="random", label_attention="full")
+    full = get_labeltok_model(BACKBONES["llama"](), config)
     assert full.labeltok_config.label_attention.value == "full"
 
 

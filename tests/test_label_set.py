@@ -123,7 +123,7 @@ def test_isolated_labels_keep_their_logits(family):
 def test_full_attention_old_logits_move_on_encoders_only(family, moves):
     # Encoders: old labels attend to the new ones. Causal decoders: new labels come after the old ones, which the
     # causal mask keeps from seeing them.
-    model, tokenizer = build(family, lora={"r": 4})
+    model, tokenizer = build(family, lora={"r": 4}, label_attention="full", label_positions="sequential")
     before = logits(model, tokenizer)
     model.add_labels(NEW)
     change = (logits(model, tokenizer)[:, :4] - before).abs().max()
@@ -237,7 +237,8 @@ def test_labeltok_predict_sees_the_new_labels(tmp_path):
     ],
 )
 def test_errors_leave_the_model_unchanged(call, match):
-    model, tokenizer = build(lora={"r": 4}, per_label_bias=True)  # sequential positions: 64 position limit
+    # Sequential positions: labels spend the 64 positions (attention is the default, isolated on BERT).
+    model, tokenizer = build(lora={"r": 4}, per_label_bias=True, label_positions="sequential")
     before, before_logits = snapshot(model), logits(model, tokenizer)
     with pytest.raises((ValueError, KeyError), match=match):
         call(model)

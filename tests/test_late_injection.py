@@ -147,7 +147,7 @@ def test_invalid_settings_are_refused_naming_the_field():
         with pytest.raises(ValueError, match=r"label_layers must be a positive integer"):
             LabelTokConfig(labels=LABELS, label_attention="isolated", label_layers=value)
     with pytest.raises(ValueError, match=r"label_layers=1 needs label_attention='isolated'"):
-        LabelTokConfig(labels=LABELS, label_layers=1)
+        LabelTokConfig(labels=LABELS, label_attention="full", label_layers=1)
     with pytest.raises(ValueError, match=r"label_layers=3 exceeds the 2 layers"):
         build(BACKBONES["bert"](), label_layers=3)
     albert = AlbertModel(AlbertConfig(vocab_size=VOCAB_SIZE, embedding_size=16, **TINY), add_pooling_layer=False)

@@ -152,7 +152,9 @@ def test_multi_label_loss_and_predict():
 
 
 def test_multi_label_predict_pairs_each_label_with_its_probability_and_threshold():
-    model, tokenizer = build("bert", problem_type="multi_label_classification")
+    # Random rows: the label texts 'sport', 'business' and 'tech' are all [UNK] to the tiny tokenizer, so their
+    # label_text rows are equal, and with isolated attention and shared positions (the default) so are their logits.
+    model, tokenizer = build("bert", problem_type="multi_label_classification", label_init="random")
     probabilities = model(**tokenizer(TEXTS[:1], return_tensors="pt")).logits.sigmoid()[0].tolist()
     # Asymmetric per-label thresholds just below (labels 0, 2) or just above (1, 3) each label's own probability:
     # only the right pairing of label, probability and threshold selects exactly labels 0 and 2.

@@ -171,17 +171,26 @@ def test_adapter_weights_stay_full_precision(checkpoints, precision):
     assert eval_output(model, make_batch(model)).logits.dtype == torch.float32
 
 
+# Attention-block calls per layer in one forward: full attention runs the spliced sequence once; the label pass
+# (isolated, what 'auto' gives BERT and Llama) runs the text pass and then the label call.
+FORWARD_CALLS = {"full": 1, "isolated": 2}
+
+
 @pytest.mark.parametrize("family", ["bert", "llama"])
-@pytest.mark.parametrize("use_reentrant", [True, False])
+@pytest.mark.parametrize(
+    ("attention", "use_reentrant"),
+    [("full", True), ("full", False), ("auto", False)],  # the label pass refuses reentrant checkpointing (below)
+)
 @pytest.mark.parametrize("via", ["model", "prepare_kbit_training"])
-def test_gradient_checkpointing_with_frozen_kbit_backbone(checkpoints, family, use_reentrant, via):
+def test_gradient_checkpointing_with_frozen_kbit_backbone(checkpoints, family, attention, use_reentrant, via):
     def build(checkpointing: bool) -> LabelTokModel:
         torch.manual_seed(0)  # same LoRA initialisation in both models
         backbone = load_backbone(checkpoints[family], "nf4")
         kwargs = {"use_reentrant": use_reentrant}
         if checkpointing and via == "prepare_kbit_training":
             prepare_kbit_training(backbone, gradient_checkpointing=True, gradient_checkpointing_kwargs=kwargs)
-        model = get_labeltok_model(backbone, LabelTokConfig(labels=LABELS, lora={"r": 4}), tokenizer_for(family))
+        config = LabelTokConfig(labels=LABELS, lora={"r": 4}, label_attention=attention)
+        model = get_labeltok_model(backbone, config, tokenizer_for(family))
         if checkpointing and via == "model":
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         train(model, make_batch(model), steps=2)  # LoRA B starts at zero: move it so every gradient is non-trivial
@@ -189,24 +198,41 @@ def test_gradient_checkpointing_with_frozen_kbit_backbone(checkpoints, family, u
 
     reference = gradients(plain := build(checkpointing=False), make_batch(plain))
     model = build(checkpointing=True)
+    resolved = model.labeltok_config.label_attention.value
+    assert resolved == ("isolated" if attention == "auto" else attention)
     # Layer forwards are checkpointed inside the layer, and recomputation stops as soon as the saved tensors it
     # needs exist: a pre-hook on the layer's attention block sees both the forward pass and the recomputation.
     first_layer = model.base_model.encoder.layer[0] if family == "bert" else model.base_model.layers[0]
-    attention = first_layer.attention if family == "bert" else first_layer.self_attn
+    attention_block = first_layer.attention if family == "bert" else first_layer.self_attn
     calls = []
-    hook = attention.register_forward_pre_hook(lambda *args: calls.append(1))
+    hook = attention_block.register_forward_pre_hook(lambda *args: calls.append(1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         checkpointed = gradients(model, make_batch(model))
     hook.remove()
 
-    assert len(calls) == 2, "attention should run twice (forward + recomputation) with checkpointing on"
+    forward_calls = FORWARD_CALLS[resolved]
+    assert len(calls) == 2 * forward_calls, f"each of the {forward_calls} forward call(s) should be recomputed once"
     assert not [w for w in caught if "requires_grad" in str(w.message)], [str(w.message) for w in caught]
     assert checkpointed.keys() == reference.keys()
     assert any("lora_" in name for name in reference)
     for name, grad in reference.items():
         assert grad is not None and checkpointed[name] is not None, name
         torch.testing.assert_close(checkpointed[name], grad, atol=1e-5, rtol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("via", ["model", "prepare_kbit_training"])
+def test_default_attention_refuses_reentrant_checkpointing_on_kbit_backbones(checkpoints, via):
+    backbone = load_backbone(checkpoints["llama"], "nf4")
+    kwargs = {"use_reentrant": True}
+    if via == "prepare_kbit_training":
+        prepare_kbit_training(backbone, gradient_checkpointing=True, gradient_checkpointing_kwargs=kwargs)
+    model = get_labeltok_model(backbone, LabelTokConfig(labels=LABELS, lora={"r": 4}), tokenizer_for("llama"))
+    if via == "model":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.train()
+    with pytest.raises(ValueError, match=r"reentrant gradient checkpointing.*'use_reentrant': False"):
+        model(**make_batch(model)).loss.backward()
 
 
 def test_prepare_kbit_training_refuses_a_backbone_with_lora(checkpoints):

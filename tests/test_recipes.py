@@ -18,10 +18,12 @@ from labeltok_peft.cli.arguments import TRAIN_ARGUMENTS, ConfigFileError, parse_
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--lora_r", "4", "--learning_rate", "5e-3"]
 QUICK += ["--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none"]
-# Validation accuracy of the `trained` adapter (6 epochs), measured once: 0.775 (2 epochs stay at chance, 0.25). The
-# tolerance covers CPU/library differences; a broken training loop, decoding or metric lands outside it.
+# Validation accuracy after 6 epochs, measured once per label attention: the `trained` adapter (the default, 'auto',
+# which is isolated attention with shared positions on BERT) 0.65; full attention with sequential positions 0.775
+# (2 epochs stay at chance, 0.25, in both). The tolerance covers CPU/library differences; a broken training loop,
+# decoding or metric lands outside it.
 TRAINED_EPOCHS = 6
-MEASURED_EVAL_ACCURACY = 0.775
+MEASURED_EVAL_ACCURACY = {"auto": 0.65, "full": 0.775}
 
 
 @pytest.fixture(scope="module")
@@ -68,16 +70,29 @@ def folder_digest(folder: Path) -> dict[str, str]:
 def test_train_writes_adapter_metrics_report_and_headline(trained, capsys):
     results = read_json(trained / "eval_results.json")
     assert {"eval_accuracy", "eval_macro_f1", "eval_micro_f1", "eval_loss"} <= set(results)
-    assert results["eval_accuracy"] == pytest.approx(MEASURED_EVAL_ACCURACY, abs=0.1)
-    assert (trained / "labeltok_config.json").is_file()
+    assert results["eval_accuracy"] == pytest.approx(MEASURED_EVAL_ACCURACY["auto"], abs=0.1)
+    saved = read_json(trained / "labeltok_config.json")["labeltok_config"]
+    assert (saved["label_attention"], saved["label_positions"]) == ("isolated", "shared")  # 'auto' resolved
     assert read_json(trained / "train_results.json")["epoch"] == TRAINED_EPOCHS
     settings = read_json(trained / "labeltok_recipe.json")
     assert settings["model_name_or_path"] == str((trained.parent / "tiny").resolve())
-    assert settings["max_seq_length"] == 64 - len(LABELS)  # 128 lowered to what fits beside the labels
+    assert settings["max_seq_length"] == 63  # 128 lowered to the 64 positions less the one the labels share
     report = (trained / "report.md").read_text()
     assert "| label | precision | recall | F1 | support |" in report
     for plot in ("validation_f1.png", "validation_confusion.png"):
         assert (trained / plot).stat().st_size > 1000
+
+
+def test_train_with_full_attention_and_sequential_positions(workspace, tmp_path):
+    out = tmp_path / "full"
+    modes = ["--label_attention", "full", "--label_positions", "sequential"]
+    assert run(*train_args(workspace, out, "--num_train_epochs", str(TRAINED_EPOCHS), *modes)) == 0
+    assert read_json(out / "eval_results.json")["eval_accuracy"] == pytest.approx(
+        MEASURED_EVAL_ACCURACY["full"], abs=0.1
+    )
+    saved = read_json(out / "labeltok_config.json")["labeltok_config"]
+    assert (saved["label_attention"], saved["label_positions"]) == ("full", "sequential")
+    assert read_json(out / "labeltok_recipe.json")["max_seq_length"] == 64 - len(LABELS)  # labels spend positions
 
 
 def test_evaluate_reloads_the_adapter_and_reproduces_the_training_metrics(trained, tmp_path, capsys):

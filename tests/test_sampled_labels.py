@@ -122,7 +122,7 @@ def test_sample_size_is_validated():
         with pytest.raises(ValueError, match="label_sample_size must be"):
             LabelTokConfig(labels=LABELS, label_attention="isolated", label_sample_size=value)
     with pytest.raises(ValueError, match="label_sample_size=8 needs label_attention='isolated'"):
-        LabelTokConfig(labels=LABELS, label_sample_size=8)
+        LabelTokConfig(labels=LABELS, label_attention="full", label_sample_size=8)
 
 
 def test_a_tiny_model_with_200_labels_learns_from_32_sampled_labels():

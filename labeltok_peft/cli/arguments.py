@@ -176,12 +176,18 @@ class LabelTokArguments:
         metadata={"help": "Where label tokens go.", "choices": [member.value for member in Placement]},
     )
     label_attention: str = field(
-        default=LabelAttention.FULL.value,
-        metadata={"help": "What label tokens attend to.", "choices": [member.value for member in LabelAttention]},
+        default=LabelAttention.AUTO.value,
+        metadata={
+            "help": "What label tokens attend to ('auto': isolated where the backbone takes it).",
+            "choices": [member.value for member in LabelAttention],
+        },
     )
     label_positions: str = field(
-        default=LabelPositions.SEQUENTIAL.value,
-        metadata={"help": "Position ids of label tokens.", "choices": [member.value for member in LabelPositions]},
+        default=LabelPositions.AUTO.value,
+        metadata={
+            "help": "Position ids of label tokens ('auto': shared with isolated attention).",
+            "choices": [member.value for member in LabelPositions],
+        },
     )
     label_chunk_size: int | None = field(
         default=None,
