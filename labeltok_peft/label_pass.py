@@ -151,7 +151,7 @@ def label_attention(
     """
     unsupported = sorted(name for name in ("s_aux", "sinks", "position_bias") if kwargs.get(name) is not None)
     if unsupported:
-        raise NotImplementedError(
+        raise ValueError(
             f"The label pass does not implement attention with {unsupported}; use label_attention='full' on "
             f"{type(module).__name__}."
         )
