@@ -25,13 +25,13 @@ if [ ! -f /usr/share/wordnet/data.noun ] && [ -z "${LABELTOK_SKIP_APT:-}" ] && c
         echo "note: could not install wordnet-base; the WordNet benchmarks need: sudo apt-get install wordnet-base" >&2
     fi
 fi
-# Optional: SetFit, the few-shot peer of the benchmark recipe (LABELTOK_BENCHMARK_EXTRAS=1; CI does not need it).
-# The constraints keep the installed torch, transformers, peft and accelerate: pip fails rather than change them.
-if [ -n "${LABELTOK_BENCHMARK_EXTRAS:-}" ]; then
+# SetFit, the few-shot peer of the benchmark recipe (its tests run in every tier, so it is installed by default;
+# LABELTOK_SKIP_BENCHMARK_EXTRAS=1 leaves it out). The constraints keep the installed torch, transformers, peft and
+# accelerate: pip fails rather than change them.
+if [ -z "${LABELTOK_SKIP_BENCHMARK_EXTRAS:-}" ]; then
     constraints=$(mktemp)
     python -m pip freeze | grep -iE '^(torch|transformers|peft|accelerate)==' > "$constraints" || true
     python -m pip install --quiet -c "$constraints" -e ".[benchmark]"
     rm -f "$constraints"
-    echo "installed the benchmark extra (setfit $(python -c 'import setfit; print(setfit.__version__)'))"
 fi
 echo "labeltok-peft environment ready in .venv"
