@@ -33,6 +33,8 @@ prefer_passive_openmp()
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from .benchmark_methods import mean_pooled_embeddings  # noqa: E402
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,18 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@torch.no_grad()
 def mean_pooled(model, tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
-    """`[len(texts), hidden]` mean of the frozen backbone's last hidden states over real tokens."""
-    rows = []
-    for start in range(0, len(texts), 64):
-        encoded = tokenizer(
-            texts[start : start + 64], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-        )
-        hidden = model(**encoded).last_hidden_state
-        mask = encoded["attention_mask"][:, :, None].to(hidden.dtype)
-        rows.append((hidden * mask).sum(1) / mask.sum(1))
-    return torch.cat(rows)
+    """`[len(texts), hidden]` mean of the frozen backbone's last hidden states over real tokens (the linear probe's)."""
+    return torch.from_numpy(mean_pooled_embeddings(model, tokenizer, texts, max_length))
 
 
 def accuracies(predicted: np.ndarray, gold: np.ndarray, held_out_ids: set[int]) -> dict[str, float]:
