@@ -169,7 +169,7 @@ def replace_folder(target: str | os.PathLike, write: Callable[[Path], None], own
     target = Path(target)
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise NotADirectoryError(
-            f"{target} is a file or a symlink; save_pretrained needs a folder path (it replaces the folder as a whole)."
+            f"{target} is a file or a symlink; save_pretrained needs a folder path (a real folder: saves switch it in with one rename)."
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(target.parent):
