@@ -14,6 +14,7 @@ _EXPORTS = {
     "AdapterFormatError": "serialization",
     "BackboneMismatchError": "serialization",
     "DEFAULT_ADAPTER_NAME": "model",
+    "HeadType": "config",
     "LabelAttention": "config",
     "LabelInit": "config",
     "LabelPositions": "config",
@@ -37,6 +38,7 @@ __all__ = [
     "AdapterFormatError",
     "BackboneMismatchError",
     "DEFAULT_ADAPTER_NAME",
+    "HeadType",
     "LabelAttention",
     "LabelInit",
     "LabelPositions",
@@ -58,7 +60,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .config import LabelAttention, LabelInit, LabelPositions, LabelTokConfig, Placement, ProblemType
+    from .config import HeadType, LabelAttention, LabelInit, LabelPositions, LabelTokConfig, Placement, ProblemType
     from .data import encode_label, encode_labels, tokenize_function, validate_texts
     from .metrics import classification_metrics, make_compute_metrics
     from .model import DEFAULT_ADAPTER_NAME, LabelTokModel, get_labeltok_model

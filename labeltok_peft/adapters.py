@@ -277,7 +277,7 @@ def ignore_missing_backbone_keys(backbone: nn.Module, incompatible_keys) -> None
 def fingerprint_tensor(config_dict: dict[str, Any], backbone: BackboneFingerprint) -> torch.Tensor:
     """What a state dict records about one adapter, as a uint8 tensor of JSON bytes (safetensors stores tensors only).
 
-    Only what gives the weights their meaning: labels in logit order, problem type, per-label bias, the layer the
+    Only what gives the weights their meaning: labels in logit order, problem type, per-label bias, head type, the layer the
     label rows enter (`label_layers`: rows trained for the last layer mean nothing at the input) and the backbone's
     architecture. Settings such as the chunk size may change between runs.
     """
@@ -285,6 +285,7 @@ def fingerprint_tensor(config_dict: dict[str, Any], backbone: BackboneFingerprin
         "labels": config_dict["labels"],
         "problem_type": config_dict["problem_type"],
         "per_label_bias": config_dict["per_label_bias"],
+        "head_type": config_dict.get("head_type", "linear"),
         "label_layers": config_dict.get("label_layers"),
         "backbone": {key: getattr(backbone, key) for key in ("model_type", "hidden_size", "num_layers")},
     }

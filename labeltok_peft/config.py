@@ -52,6 +52,13 @@ class LabelPositions(str, Enum):
     SHARED = "shared"
 
 
+class HeadType(str, Enum):
+    """How a label token's output becomes its logit (head.py)."""
+
+    LINEAR = "linear"
+    TIED = "tied"
+
+
 def _coerce_enum(enum_cls: type[Enum], field_name: str, value: Any) -> Enum:
     if isinstance(value, enum_cls):
         return value
@@ -158,6 +165,14 @@ class LabelTokConfig:
         default=False,
         metadata={"help": "Add a learned bias per label on top of the shared head (a prior per class)."},
     )
+    head_type: HeadType | str = field(
+        default=HeadType.LINEAR,
+        metadata={
+            "help": "'linear': the shared `Linear(hidden, 1)` only. 'tied': that plus a learned scale times the cosine "
+            "between each label's output and the label's own row of the table (the row is the label's output vector "
+            "too, as in language models with tied embeddings; no parameter per label is added)."
+        },
+    )
     lora: dict[str, Any] | None = field(
         default=None,
         metadata={
@@ -190,6 +205,7 @@ class LabelTokConfig:
         self.placement = _coerce_enum(Placement, "placement", self.placement)
         self.label_attention = _coerce_enum(LabelAttention, "label_attention", self.label_attention)
         self.label_positions = _coerce_enum(LabelPositions, "label_positions", self.label_positions)
+        self.head_type = _coerce_enum(HeadType, "head_type", self.head_type)
         if self.label_descriptions is not None:
             unknown = sorted(set(self.label_descriptions) - set(self.labels))
             if unknown:

@@ -7,33 +7,51 @@ from torch import nn
 
 
 class LabelHead(nn.Module):
-    """One `Linear(hidden, 1)` applied to every label token's output, plus an optional bias per label.
+    """One `Linear(hidden, 1)` applied to every label token's output, plus optional per-label and tied terms.
 
-    The head always computes in fp32, whatever the backbone's dtype, and is never quantized.
+    The logit of label k with output `h_k` is `score(h_k)`, plus `label_bias[k]` with a per-label bias, plus
+    `tied_scale * cos(h_k, e_k)` with the tied head, where `e_k` is label k's own row of the label table: the row
+    that enters the backbone as the label's token is also the vector its output is compared with, so the head has
+    no parameter per label and a label added by name is scored like the others. The head always computes in fp32,
+    whatever the backbone's dtype, and is never quantized.
 
     Args:
         hidden_size: width of the backbone's hidden states.
         num_labels: number of labels (used by the per-label bias only).
         per_label_bias: add a learned bias per label.
+        tied: add the learned-scale cosine between each label's output and its table row.
     """
 
-    def __init__(self, hidden_size: int, num_labels: int, per_label_bias: bool = False) -> None:
+    def __init__(self, hidden_size: int, num_labels: int, per_label_bias: bool = False, tied: bool = False) -> None:
         super().__init__()
         self.score = nn.Linear(hidden_size, 1, dtype=torch.float32)
         self.label_bias = nn.Parameter(torch.zeros(num_labels, dtype=torch.float32)) if per_label_bias else None
+        self.tied_scale = nn.Parameter(torch.ones((), dtype=torch.float32)) if tied else None
 
-    def forward(self, label_hidden: torch.Tensor, label_slice: slice | torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        label_hidden: torch.Tensor,
+        label_slice: slice | torch.Tensor | None = None,
+        label_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Scores label tokens.
 
         Args:
             label_hidden: `[batch, num_labels_in_chunk, hidden]` backbone outputs at the label positions.
             label_slice: which labels the chunk holds (for the per-label bias): a slice, a `[num_labels_in_chunk]`
                 tensor of label ids (sampled labels), or `None` for all labels.
+            label_rows: `[num_labels_in_chunk, hidden]` the chunk's rows of the label table; needed by the tied head.
 
         Returns:
             `[batch, num_labels_in_chunk]` fp32 logits.
         """
-        logits = self.score(label_hidden.to(self.score.weight.dtype)).squeeze(-1)
+        label_hidden = label_hidden.to(self.score.weight.dtype)
+        logits = self.score(label_hidden).squeeze(-1)
         if self.label_bias is not None:
             logits = logits + self.label_bias[label_slice if label_slice is not None else slice(None)]
+        if self.tied_scale is not None:
+            if label_rows is None:
+                raise ValueError("The tied head needs the chunk's label rows (label_rows); none were given.")
+            rows = label_rows.to(label_hidden.dtype)[None]  # [1, num_labels_in_chunk, hidden]
+            logits = logits + self.tied_scale * torch.cosine_similarity(label_hidden, rows, dim=-1)
         return logits

@@ -186,7 +186,9 @@ class LabelTokModel(AdapterRegistry, nn.Module):
                     "use (it needs label_attention='isolated' and a backbone that takes position_ids); set them to None."
                 )
             chunks = self._spliced_hidden_states(config, text_embeds, attention_mask, table, token_type_ids)
-        scores = torch.cat([head(label_hidden, label_index) for label_index, label_hidden in chunks], dim=1)
+        scores = torch.cat(
+            [head(label_hidden, label_index, table[label_index]) for label_index, label_hidden in chunks], dim=1
+        )
         if sampled is not None:
             loss = sampled_loss(scores, labels, sampled, config.is_multi_label)
             return SequenceClassifierOutput(loss=loss, logits=scatter_scores(scores, sampled, config.num_labels))

@@ -139,7 +139,12 @@ def _adapter_section(info: ModelCardInfo) -> list[str]:
         "",
         f"- label table: `[{config.num_labels}, {info.hidden_size}]`, initialised with `{config.label_init.value}`",
         f"- head: one shared fp32 `Linear({info.hidden_size}, 1)`"
-        + (" plus a bias per label" if config.per_label_bias else ""),
+        + (" plus a bias per label" if config.per_label_bias else "")
+        + (
+            " plus a learned scale times the cosine with each label's own row (tied)"
+            if config.head_type.value == "tied"
+            else ""
+        ),
         f"- placement: `{config.placement.value}`, label attention: `{config.label_attention.value}`, "
         f"label positions: `{config.label_positions.value}`",
         f"- LoRA: {lora}",

@@ -36,7 +36,7 @@ from .adapters import (
     ignore_missing_backbone_keys,
     lora_state_of,
 )
-from .config import LabelTokConfig
+from .config import HeadType, LabelTokConfig
 from .constants import DEFAULT_ADAPTER_NAME, validate_adapter_name
 from .head import LabelHead
 from .hub import resolve_adapter_source, upload_adapter_folder
@@ -62,6 +62,11 @@ def _check_state_before_load(model, state_dict, prefix, local_metadata, strict, 
 def _forgive_backbone_keys(model, incompatible_keys) -> None:
     """`load_state_dict` post-hook: frozen backbone weights are never part of a state dict, so never missing."""
     ignore_missing_backbone_keys(model.backbone, incompatible_keys)
+
+
+def new_head(hidden_size: int, config: LabelTokConfig) -> LabelHead:
+    """A freshly initialised `LabelHead` with the terms `config` asks for (per-label bias, tied)."""
+    return LabelHead(hidden_size, config.num_labels, config.per_label_bias, tied=config.head_type == HeadType.TIED)
 
 
 class AdapterRegistry:
@@ -111,7 +116,7 @@ class AdapterRegistry:
         """Adds a payload under `adapter_name`. Callers go through `_install`, which undoes a failed attach."""
         device = self.base_model.get_input_embeddings().weight.device
         with torch.random.fork_rng(devices=[]):  # the head's throw-away init must not move the global random state
-            head = LabelHead(self.backbone_info.hidden_size, payload.config.num_labels, payload.config.per_label_bias)
+            head = new_head(self.backbone_info.hidden_size, payload.config)
         head.load_state_dict(
             {key.removeprefix("head."): value for key, value in payload.tensors.items() if key.startswith("head.")}
         )
@@ -180,7 +185,7 @@ class AdapterRegistry:
         table = initial_label_table(config, self.base_model.get_input_embeddings(), self.tokenizer, self.backbone)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.init_seed)
-            head = LabelHead(self.backbone_info.hidden_size, config.num_labels, config.per_label_bias)
+            head = new_head(self.backbone_info.hidden_size, config)
         tensors = {"label_table": table} | {f"head.{key}": value for key, value in head.state_dict().items()}
         payload = AdapterPayload(config, self._fingerprint(), tensors, lora_config, None, {}, library_version())
         self._install(adapter_name, payload, f"adapter {adapter_name!r}", ValueError)

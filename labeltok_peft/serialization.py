@@ -7,6 +7,7 @@ labeltok_config.json            format version, library version, LabelTokConfig,
                                 sha256 of every other file it describes and of its own content
 labeltok_adapter.safetensors    label_table [num_labels, hidden], head.score.weight [1, hidden], head.score.bias [1],
                                 head.label_bias [num_labels] (only with per_label_bias)
+                                head.tied_scale [] (only with head_type="tied")
 lora/adapter_config.json        only for adapters with LoRA: PEFT's own format, so
 lora/adapter_model.safetensors  `peft.PeftModel.from_pretrained(backbone, "<folder>/lora")` loads it alone
 README.md                       generated model card (free to edit: not part of the integrity check)
@@ -36,7 +37,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from .config import LabelTokConfig
+from .config import HeadType, LabelTokConfig
 from .constants import (
     ADAPTER_FOLDER_ENTRIES,
     CONFIG_NAME,
@@ -80,7 +81,7 @@ class AdapterPayload:
         config: the adapter's `LabelTokConfig`.
         backbone: fingerprint of the backbone it belongs to.
         tensors: `label_table` `[num_labels, hidden]`, `head.score.weight` `[1, hidden]`, `head.score.bias` `[1]` and,
-            with `per_label_bias`, `head.label_bias` `[num_labels]`; fp32, on the CPU when read from disk.
+            with `per_label_bias`, `head.label_bias` `[num_labels]`, with the tied head, `head.tied_scale` `[]`; fp32, on the CPU when read from disk.
         lora_config: PEFT `LoraConfig`, or `None` for an adapter without LoRA.
         lora_state: LoRA tensors in PEFT's saved form (keys `base_model.model.<module>.lora_A.weight`, ...); `None`
             for an adapter without LoRA, and for a new adapter whose LoRA weights PEFT initialises.
@@ -106,6 +107,8 @@ def expected_tensor_shapes(config: LabelTokConfig, hidden_size: int) -> dict[str
     }
     if config.per_label_bias:
         shapes["head.label_bias"] = (config.num_labels,)
+    if config.head_type == HeadType.TIED:
+        shapes["head.tied_scale"] = ()
     return shapes
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..config import LabelAttention, LabelInit, LabelPositions, Placement, ProblemType
+from ..config import HeadType, LabelAttention, LabelInit, LabelPositions, Placement, ProblemType
 from ..machine import accelerator_available
 
 
@@ -208,6 +208,14 @@ class LabelTokArguments:
         },
     )
     per_label_bias: bool = field(default=False, metadata={"help": "Learn a bias per label on top of the head."})
+    head_type: str = field(
+        default=HeadType.LINEAR.value,
+        metadata={
+            "help": "'linear': the shared Linear(hidden, 1). 'tied': plus a learned scale times the cosine between "
+            "each label's output and its own label-table row.",
+            "choices": [member.value for member in HeadType],
+        },
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank; 0 trains no LoRA (label table and head only)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})

@@ -155,6 +155,7 @@ def _train(model_args, data_args, labeltok_args, training_args, output_dir: Path
         label_layers=labeltok_args.label_layers,
         label_sample_size=labeltok_args.label_sample_size,
         per_label_bias=labeltok_args.per_label_bias,
+        head_type=labeltok_args.head_type,
         lora=labeltok_args.lora_kwargs(),
         init_seed=training_args.seed,
     )

@@ -132,8 +132,23 @@ def ranked_quality(dataset: str, scores: np.ndarray, labels: np.ndarray, multi_l
     return ranking_metrics(scores, labels, multi_label, cutoffs) if cutoffs else {}
 
 
-def lora_kwargs(args) -> dict[str, Any]:
-    return {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "lora_dropout": 0.1}
+# LoRA coverage (`targets=` option): regexes PEFT matches against full module names, the same for the peer's
+# `bert.encoder...` and the label-token backbone's `encoder...` names. Without the option, PEFT's default for the
+# architecture (BERT: query and value).
+LORA_TARGETS = {
+    "attention": r".*encoder\.layer\.\d+\.attention\..*(query|key|value|dense)",
+    "all": r".*encoder\.layer\.\d+\..*(query|key|value|dense)",
+}
+
+
+def lora_kwargs(args, options: dict[str, str] | None = None) -> dict[str, Any]:
+    kwargs = {"r": args.lora_r, "lora_alpha": 2 * args.lora_r, "lora_dropout": 0.1}
+    targets = (options or {}).get("targets")
+    if targets is not None:
+        if targets not in LORA_TARGETS:
+            raise ValueError(f"targets={targets!r}: use one of {sorted(LORA_TARGETS)}.")
+        kwargs["target_modules"] = LORA_TARGETS[targets]
+    return kwargs
 
 
 def problem_type(multi_label: bool) -> str:
@@ -154,7 +169,9 @@ def run_labeltok(options: dict[str, str], data, args, seed: int) -> tuple[dict, 
         label_chunk_size=int(options["chunk"]) if "chunk" in options else None,
         label_layers=int(options["layers"]) if "layers" in options else None,
         label_sample_size=int(options["sample"]) if "sample" in options else None,
-        lora=lora_kwargs(args) if options.get("lora", "1") == "1" else None,
+        per_label_bias=options.get("bias", "0") == "1",
+        head_type=options.get("head", "linear"),
+        lora=lora_kwargs(args, options) if options.get("lora", "1") == "1" else None,
         init_seed=seed,
     )
     model = get_labeltok_model(backbone, config, tokenizer=tokenizer)
@@ -182,7 +199,7 @@ def run_peft_lora_seq_cls(options: dict[str, str], data, args, seed: int) -> tup
     _, labels, multi_label = data
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = get_peft_model(
-        sequence_classifier(args, labels, multi_label), LoraConfig(task_type="SEQ_CLS", **lora_kwargs(args))
+        sequence_classifier(args, labels, multi_label), LoraConfig(task_type="SEQ_CLS", **lora_kwargs(args, options))
     )
     learning_rate = float(options.get("lr", args.learning_rate))
     optimizer = None

@@ -1,0 +1,96 @@
+"""The tied head (`head_type="tied"`): each label's output is also compared with its own label-table row."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import tiny_backbone, tokenizer_for
+
+from labeltok_peft import LabelTokConfig, LabelTokModel, get_labeltok_model
+
+LABELS = ["sport", "business", "film", "tech"]
+TEXTS = ["the team won the match", "bank profit and market shares", "film actor award", "phone software chip"]
+
+
+def build(family: str = "bert", **config_kwargs) -> tuple[LabelTokModel, object]:
+    tokenizer = tokenizer_for(family)
+    config = LabelTokConfig(labels=LABELS, head_type="tied", label_init="random", **config_kwargs)
+    return get_labeltok_model(tiny_backbone(family), config, tokenizer=tokenizer), tokenizer
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("attention", ["full", "isolated"])
+def test_tied_logit_is_linear_plus_scaled_cosine_with_own_row(family, attention):
+    """The logits equal score(h_k) + tied_scale * cos(h_k, e_k), computed here from the label outputs by hand."""
+    model, tokenizer = build(family, label_attention=attention)
+    model.eval()
+    head = model.heads["default"]
+    with torch.no_grad():
+        head.tied_scale.fill_(3.0)
+    captured = []
+    hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    hook.remove()
+    label_hidden = torch.cat(captured, dim=1)  # [batch, num_labels, hidden]
+    table = model.label_tables["default"]
+    expected = head.score(label_hidden).squeeze(-1) + 3.0 * torch.nn.functional.cosine_similarity(
+        label_hidden, table[None], dim=-1
+    )
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+    linear_only = head.score(label_hidden).squeeze(-1)
+    assert (logits - linear_only).abs().max() > 0.1  # the tied term is really there
+
+
+def test_tied_scale_and_rows_learn_through_the_tied_term():
+    model, tokenizer = build(lora={"r": 4})
+    batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"), labels=torch.tensor([0, 1, 2, 3]))
+    model.train()
+    model(**batch).loss.backward()
+    head = model.heads["default"]
+    assert head.tied_scale.grad is not None and head.tied_scale.grad.abs() > 0
+
+
+@pytest.mark.parametrize("attention", ["full", "isolated"])
+def test_tied_adapter_round_trips_and_refuses_a_linear_config(tmp_path, attention):
+    model, tokenizer = build(label_attention=attention, lora={"r": 4})
+    with torch.no_grad():
+        model.heads["default"].tied_scale.fill_(2.5)
+    model.eval()
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    expected = model(**batch).logits
+    model.save_pretrained(tmp_path / "tied")
+    loaded = LabelTokModel.from_pretrained(tiny_backbone("bert"), tmp_path / "tied")
+    loaded.eval()
+    assert loaded.labeltok_config.head_type.value == "tied"
+    assert float(loaded.heads["default"].tied_scale) == 2.5
+    torch.testing.assert_close(loaded(**batch).logits, expected, atol=1e-6, rtol=0)
+    assert "cosine with each label's own row" in (tmp_path / "tied" / "README.md").read_text()
+
+
+def test_added_label_is_scored_with_its_own_row():
+    """A label added by name has no per-label head weight: its tied term uses its new row like every other label."""
+    model, tokenizer = build(label_attention="isolated")
+    model.eval()
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    before = model(**batch).logits
+    model.add_labels(["music"])
+    after = model(**batch).logits
+    assert after.shape == (len(TEXTS), len(LABELS) + 1)
+    torch.testing.assert_close(after[:, : len(LABELS)], before, atol=1e-5, rtol=0)  # isolated: old labels unchanged
+    head = model.heads["default"]
+    captured = []
+    hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    with torch.no_grad():
+        model(**batch)
+    hook.remove()
+    new_hidden = torch.cat(captured, dim=1)[:, -1]
+    row = model.label_tables["default"][-1]
+    expected = head.score(new_hidden).squeeze(-1) + head.tied_scale * torch.cosine_similarity(new_hidden, row[None])
+    torch.testing.assert_close(after[:, -1], expected.detach(), atol=1e-5, rtol=0)
+
+
+def test_unknown_head_type_names_the_choices():
+    with pytest.raises(ValueError, match="head_type must be one of 'linear', 'tied'"):
+        LabelTokConfig(labels=LABELS, head_type="cosine")
