@@ -24,12 +24,14 @@ Methods (pick with --methods, comma-separated; `key=value` options after colons)
     labeltok[:key=value...] the label-token adapter; keys: init (label_text|cls|vocab_mean|random), lora (0|1),
                             label_lr (float), head_lr (float; default: lr), attention (full|isolated), positions
                             (sequential|shared), chunk (int), layers (int: late injection, label_layers),
-                            sample (int: sampled labels per training step, label_sample_size)
+                            sample (int: sampled labels per training step, label_sample_size), head
+                            (linear|tied: head_type), bias (0|1: per_label_bias), targets (attention|all: LoRA on
+                            every attention projection, or on those and the MLP; default PEFT's query/value)
     setfit                  SetFit 1.2.0's default recipe on the same backbone (contrastive body training, 20 pair
                             iterations, one epoch, logistic-regression head); keys: iterations, epochs, body_lr,
                             batch. Needs `pip install -e ".[benchmark]"` (recipes/benchmarks/benchmark_setfit.py)
 Every method also takes lr=<float>; peft_lora_seq_cls also takes head_lr=<float>, the rate of its classifier head
-(the fair counterpart of the label table's rate). `--methods all` (the default) runs the 15 specs of
+(the fair counterpart of the label table's rate), and targets= like labeltok. `--methods all` (the default) runs the 15 specs of
 DEFAULT_METHODS; `--methods core` runs CORE_METHODS: the four peers, the default adapter with and without LoRA, and
 isolated+shared attention.
 

@@ -34,11 +34,25 @@ def minilm_path() -> str:
 
 # The options each method takes in a spec such as `labeltok:init=cls:lora=0`.
 METHOD_OPTIONS = {
-    "peft_lora_seq_cls": {"lr", "head_lr"},
+    "peft_lora_seq_cls": {"lr", "head_lr", "targets"},
     "linear_probe": {"C"},
     "full_ft_seq_cls": {"lr"},
     "full_ft_labeltok": {"init", "lr"},
-    "labeltok": {"init", "lora", "label_lr", "head_lr", "attention", "positions", "chunk", "layers", "sample", "lr"},
+    "labeltok": {
+        "init",
+        "lora",
+        "label_lr",
+        "head_lr",
+        "attention",
+        "positions",
+        "chunk",
+        "layers",
+        "sample",
+        "lr",
+        "head",
+        "bias",
+        "targets",
+    },
     "setfit": {"iterations", "epochs", "body_lr", "batch"},
 }
 
