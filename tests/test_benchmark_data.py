@@ -6,6 +6,7 @@ The unit tests run on a small hand-written `data.noun` in WordNet's format; the 
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from recipes.benchmarks.wordnet import (
     parse_data_line,
     read_noun_synsets,
 )
+from recipes.benchmarks.wordnet_db import read_lexname_descriptions
 
 # A tiny hypernym DAG: entity -> {alpha, beta}; alpha -> alpha1; beta -> beta1; "both" has two parents, one on
 # each side, so at depth 2 it gets two labels. Offsets need not be real byte offsets.
@@ -276,3 +278,33 @@ def test_real_ancestors_have_over_a_thousand_labels(tmp_path: Path):
     assert abs(len(splits["test"]) / len(rows) - 0.2) < 0.01
     again = load_wordnet_ancestors(cache_dir=False)
     assert list(again["test"]["synset"]) == list(splits["test"]["synset"])
+
+
+def test_lexname_descriptions_drop_the_prefix_and_skip_other_lines(tmp_path: Path):
+    page = tmp_path / "lexnames.5WN.gz"
+    text = (
+        ".TH lexnames 5WN\n00\tadj.all\tall adjective clusters\n03\tnoun.Tops\tunique beginner for nouns\n"
+        "06\tnoun.artifact\tnouns denoting man-made objects  \n18\tnoun.person  \tnouns denoting people\n"
+        "29\tverb.body\tverbs of grooming, dressing and bodily care\n"
+    )
+    page.write_bytes(gzip.compress(text.encode("utf-8")))
+    assert read_lexname_descriptions(page) == {
+        "Tops": "unique beginner for nouns",
+        "artifact": "man-made objects",
+        "person": "people",
+    }
+    with pytest.raises(FileNotFoundError, match="wordnet-base"):
+        read_lexname_descriptions(tmp_path / "missing.gz")
+    empty = tmp_path / "empty.gz"
+    empty.write_bytes(gzip.compress(b"nothing here\n"))
+    with pytest.raises(ValueError, match="no noun class lines"):
+        read_lexname_descriptions(empty)
+
+
+@pytest.mark.integration
+@real_wordnet
+def test_real_lexname_descriptions_cover_every_lexnames_label(tmp_path: Path):
+    labels = load_wordnet_lexnames(cache_dir=tmp_path)["train"].features["label"].names
+    descriptions = read_lexname_descriptions()
+    assert sorted(descriptions) == sorted(labels)
+    assert descriptions["artifact"] == "man-made objects"

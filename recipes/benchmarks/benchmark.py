@@ -26,7 +26,9 @@ Methods (pick with --methods, comma-separated; `key=value` options after colons)
                             (sequential|shared), chunk (int), layers (int: late injection, label_layers),
                             sample (int: sampled labels per training step, label_sample_size), head
                             (linear|tied: head_type), bias (0|1: per_label_bias), targets (attention|all: LoRA on
-                            every attention projection, or on those and the MLP; default PEFT's query/value)
+                            every attention projection, or on those and the MLP; default PEFT's query/value),
+                            desc (0|1: label rows start from the label descriptions; wordnet_lexnames only, from
+                            the lexnames(5WN) manual page)
     setfit                  SetFit 1.2.0's default recipe on the same backbone (contrastive body training, 20 pair
                             iterations, one epoch, logistic-regression head); keys: iterations, epochs, body_lr,
                             batch. Needs `pip install -e ".[benchmark]"` (recipes/benchmarks/benchmark_setfit.py)

@@ -117,6 +117,18 @@ def load_dataset(name: str, per_label: int | None, data_seed: int):
     return splits, labels, multi_label
 
 
+def dataset_label_descriptions(name: str) -> dict[str, str]:
+    """A short description per label of a benchmark dataset, for `labeltok:desc=1` (label_descriptions).
+
+    Only WordNet lexnames has them: the lexnames(5WN) manual page's line per class (recipes/benchmarks/wordnet_db.py).
+    """
+    if name != "wordnet_lexnames":
+        raise ValueError(f"desc=1: the benchmark has label descriptions for wordnet_lexnames only, not {name!r}.")
+    from .wordnet_db import read_lexname_descriptions
+
+    return read_lexname_descriptions()
+
+
 def encoded_labels(values: list, num_labels: int, multi_label: bool) -> list:
     """Class ids stay as they are; lists of label ids become `[num_labels]` multi-hot float rows."""
     if not multi_label:

@@ -5,6 +5,7 @@ The files come from Debian's `wordnet-base` package (`/usr/share/wordnet`) or an
 
 from __future__ import annotations
 
+import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,35 @@ def read_lexnames(directory: Path) -> dict[int, str]:
         if len(fields) >= 2 and fields[1].startswith("noun."):
             names[int(fields[0])] = fields[1]
     return names
+
+
+LEXNAMES_MAN_PAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")
+
+
+def read_lexname_descriptions(man_page: str | os.PathLike = LEXNAMES_MAN_PAGE) -> dict[str, str]:
+    """Short descriptions of the noun lexicographer classes, from the lexnames(5WN) manual page of `wordnet-base`.
+
+    Each `NN<TAB>noun.<name><TAB>nouns denoting <what>` line gives `<name>: <what>` (the `nouns denoting` prefix
+    says nothing about the class), for example `artifact: man-made objects`.
+
+    Raises:
+        FileNotFoundError: the manual page is missing (a system that installs packages without manual pages); the
+            message names the package.
+    """
+    path = Path(man_page)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} (WordNet's lexnames manual page, which holds the class descriptions) was not found: install "
+            f"`apt-get install {WORDNET_APT_PACKAGE}` on a system that keeps manual pages."
+        )
+    descriptions = {}
+    for line in gzip.decompress(path.read_bytes()).decode("utf-8").splitlines():
+        fields = [field.strip() for field in line.split("\t") if field.strip()]
+        if len(fields) == 3 and fields[0].isdigit() and fields[1].startswith("noun."):
+            descriptions[fields[1].removeprefix("noun.")] = fields[2].removeprefix("nouns denoting ")
+    if not descriptions:
+        raise ValueError(f"{path} holds no noun class lines (NN<TAB>noun.name<TAB>description); is it lexnames(5WN)?")
+    return descriptions
 
 
 def parse_data_line(line: str) -> NounSynset:

@@ -15,6 +15,17 @@ test split (all 26 labels) is scored, every row choosing among all 26 labels:
 
 Isolated attention with shared positions keeps the seen labels' logits bitwise unchanged by the added labels, so
 the seen rows lose accuracy only to new labels that outscore the right one.
+
+Then a few-shot phase (`--new_label_shots K`, default 8; 0 skips it): K train rows per new label (the
+`few_shot.sample_shots` rule, seeded) plus `--replay_shots` rows per seen label (default K), and
+`model.train_only_labels(new labels)` fine-tunes only the new labels' rows (and the head with `--train_head`) for
+`--new_label_epochs` epochs. The replay rows are there because the softmax runs over all labels: trained on rows of
+new labels only, it would learn that a new label is always the answer and raise the new logits on every row. Only
+the new rows change (the old rows and LoRA are checked bitwise), so without `--train_head` the old labels' logits
+stay bitwise the same and the old labels lose F1 only to new labels that now outscore them. Reported, on the whole
+test split with 26-way predictions: macro-F1 over the new labels and over the old labels, right after `add_labels`
+and after the fine-tune. `--reference` also trains an adapter on all 26 labels from the start (same recipe and
+epochs as the first model, one more full training run) and reports the new labels' F1 over it.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .benchmark_methods import mean_pooled_embeddings  # noqa: E402
+from .few_shot import sample_shots  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +63,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lora_r", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument(
+        "--new_label_shots", type=int, default=8, help="Train rows per new label for the fine-tune; 0 skips it."
+    )
+    parser.add_argument(
+        "--replay_shots", type=int, default=None, help="Train rows per seen label mixed in (default: new_label_shots)."
+    )
+    parser.add_argument("--new_label_epochs", type=float, default=10.0)
+    parser.add_argument(
+        "--new_label_learning_rate", type=float, default=5e-2, help="Label-table rate of the fine-tune."
+    )
+    parser.add_argument("--train_head", action="store_true", help="Fine-tune the shared head with the new rows.")
+    parser.add_argument(
+        "--reference", action="store_true", help="Also train an adapter on all labels from the start (one more run)."
+    )
     parser.add_argument("--output", default=None, help="Write the results as JSON here.")
     return parser.parse_args(argv)
 
@@ -66,6 +92,46 @@ def accuracies(predicted: np.ndarray, gold: np.ndarray, held_out_ids: set[int]) 
         "accuracy_held_out_rows": float((predicted[held] == gold[held]).mean()),
         "accuracy_seen_rows": float((predicted[~held] == gold[~held]).mean()),
         "accuracy_all_rows": float((predicted == gold).mean()),
+    }
+
+
+def new_label_sample(row_labels: list[int], names: list[str], held_out: list[str], shots: int, replay: int, seed: int):
+    """Train-row indices of the fine-tune: `shots` rows of each held-out label and `replay` rows of each other label.
+
+    Both come from `few_shot.sample_shots` (a fixed hash order per label and seed), so a label's rows do not depend
+    on the other labels, and the 8-shot rows of a label are among its 16-shot rows.
+
+    Args:
+        row_labels: `[num_train_rows]` label id (index into `names`) of every train row.
+        names: all label names, in id order.
+        held_out: the new labels.
+        shots: rows per new label (at least 1).
+        replay: rows per seen label (0 for none).
+        seed: the sample seed.
+
+    Returns:
+        The sorted row indices.
+    """
+    held = {names.index(name) for name in held_out}
+    chosen = [index for index in sample_shots(row_labels, names, shots, seed, False) if row_labels[index] in held]
+    if replay > 0:
+        replayed = sample_shots(row_labels, names, replay, seed, False)
+        chosen += [index for index in replayed if row_labels[index] not in held]
+    return sorted(chosen)
+
+
+def group_f1(predicted: np.ndarray, gold: np.ndarray, names: list[str], held_out: list[str]) -> dict:
+    """Per-label F1 over all rows (ids into `names`), averaged over the new (held-out) and over the old labels."""
+    from sklearn.metrics import f1_score
+
+    per_label = f1_score(gold, predicted, labels=list(range(len(names))), average=None, zero_division=0)
+    new = [names.index(name) for name in held_out]
+    old = [index for index in range(len(names)) if index not in set(new)]
+    return {
+        "new_labels_macro_f1": float(per_label[new].mean()),
+        "old_labels_macro_f1": float(per_label[old].mean()),
+        "all_labels_macro_f1": float(per_label.mean()),
+        "per_label_f1": {names[index]: round(float(per_label[index]), 4) for index in range(len(names))},
     }
 
 
@@ -87,8 +153,10 @@ def main(argv=None) -> dict:
     names = splits["train"].features["label"].names
     held_out = sorted(random.Random(args.seed).sample(names, args.held_out))
     seen = [name for name in names if name not in held_out]
-    seen_id = {name: index for index, name in enumerate(seen)}
-    train = splits["train"].filter(lambda row: names[row["label"]] in seen_id)
+    full_train = splits["train"]
+    if args.max_train_rows is not None and args.max_train_rows < len(full_train):
+        full_train = full_train.shuffle(seed=args.seed).select(range(args.max_train_rows))
+    train = splits["train"].filter(lambda row: names[row["label"]] in seen)
     if args.max_train_rows is not None and args.max_train_rows < len(train):
         train = train.shuffle(seed=args.seed).select(range(args.max_train_rows))
     test = splits["test"]
@@ -96,55 +164,67 @@ def main(argv=None) -> dict:
 
     path = resolve_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    backbone = AutoModel.from_pretrained(path, add_pooling_layer=False)
-    config = LabelTokConfig(
-        labels=seen,
-        label_init="label_text",
-        label_attention="isolated",
-        label_positions="shared",
-        lora={"r": args.lora_r, "lora_alpha": args.lora_r, "target_modules": ["query", "value"]},
-        init_seed=args.seed,
-    )
-    model = get_labeltok_model(backbone, config, tokenizer=tokenizer)
+
+    def new_model(labels: list[str]):
+        config = LabelTokConfig(
+            labels=labels,
+            label_init="label_text",
+            label_attention="isolated",
+            label_positions="shared",
+            lora={"r": args.lora_r, "lora_alpha": args.lora_r, "target_modules": ["query", "value"]},
+            init_seed=args.seed,
+        )
+        return get_labeltok_model(AutoModel.from_pretrained(path, add_pooling_layer=False), config, tokenizer=tokenizer)
+
+    def tokenized(rows, labels: list[str]):
+        """`rows` tokenized, with targets as indices into `labels` (the model's logit order)."""
+        logit_of = {name: index for index, name in enumerate(labels)}
+
+        def tokenize(batch):
+            encoded = tokenizer(batch["text"], truncation=True, max_length=args.max_length)
+            encoded["labels"] = [logit_of[names[label]] for label in batch["label"]]
+            return encoded
+
+        return rows.map(tokenize, batched=True, remove_columns=rows.column_names)
+
+    def train_model(model, rows, epochs: float, label_learning_rate: float) -> float:
+        """Trains the model's trainable parameters on `rows` (already tokenized); returns the train seconds."""
+        optimizer = create_optimizer(
+            model,
+            args.learning_rate,
+            label_learning_rate=label_learning_rate,
+            head_learning_rate=args.head_learning_rate,
+        )
+        with tempfile.TemporaryDirectory() as output_dir:
+            training_args = TrainingArguments(
+                output_dir=output_dir,
+                per_device_train_batch_size=args.batch_size,
+                num_train_epochs=epochs,
+                learning_rate=args.learning_rate,
+                warmup_steps=0.06,
+                lr_scheduler_type="linear",
+                logging_steps=20,
+                save_strategy="no",
+                report_to=[],
+                label_names=["labels"],
+                seed=args.seed,
+                use_cpu=not torch.cuda.is_available(),
+                disable_tqdm=True,
+            )
+            trainer = Trainer(
+                model=model,
+                args=training_args,
+                train_dataset=rows,
+                data_collator=DataCollatorWithPadding(tokenizer),
+                optimizers=(optimizer, None),
+            )
+            seconds = trainer.train().metrics["train_runtime"]
+        model.eval()
+        return seconds
+
+    model = new_model(seen)
     init_rows = model.label_tables["default"].detach().clone()
-
-    def tokenize(batch):
-        encoded = tokenizer(batch["text"], truncation=True, max_length=args.max_length)
-        encoded["labels"] = [seen_id[names[label]] for label in batch["label"]]
-        return encoded
-
-    train_tokens = train.map(tokenize, batched=True, remove_columns=train.column_names)
-    optimizer = create_optimizer(
-        model,
-        args.learning_rate,
-        label_learning_rate=args.label_learning_rate,
-        head_learning_rate=args.head_learning_rate,
-    )
-    with tempfile.TemporaryDirectory() as output_dir:
-        training_args = TrainingArguments(
-            output_dir=output_dir,
-            per_device_train_batch_size=args.batch_size,
-            num_train_epochs=args.epochs,
-            learning_rate=args.learning_rate,
-            warmup_steps=0.06,
-            lr_scheduler_type="linear",
-            logging_steps=20,
-            save_strategy="no",
-            report_to=[],
-            label_names=["labels"],
-            seed=args.seed,
-            use_cpu=not torch.cuda.is_available(),
-            disable_tqdm=True,
-        )
-        trainer = Trainer(
-            model=model,
-            args=training_args,
-            train_dataset=train_tokens,
-            data_collator=DataCollatorWithPadding(tokenizer),
-            optimizers=(optimizer, None),
-        )
-        train_seconds = trainer.train().metrics["train_runtime"]
-    model.eval()
+    train_seconds = train_model(model, tokenized(train, seen), args.epochs, args.label_learning_rate)
 
     # Drift of the trained rows away from their text init (cosine per seen label).
     drift = torch.nn.functional.cosine_similarity(model.label_tables["default"].detach(), init_rows, dim=-1)
@@ -166,6 +246,10 @@ def main(argv=None) -> dict:
                 rows.append(current(**encoded).logits.float().numpy())
         return np.concatenate(rows)
 
+    def predictions_of(current, logits: np.ndarray) -> np.ndarray:
+        """Predicted lexnames ids, from logits in the order of `current`'s labels."""
+        return np.asarray([names.index(label) for label in current.labeltok_config.labels])[logits.argmax(1)]
+
     # Seen labels only (before adding): the trained classifier's own accuracy on the seen labels' rows.
     held_ids = {names.index(name) for name in held_out}
     seen_rows = ~np.isin(gold, sorted(held_ids))
@@ -173,12 +257,12 @@ def main(argv=None) -> dict:
     seen_only_accuracy = float(
         (np.asarray(seen)[before[seen_rows].argmax(1)] == np.asarray(names)[gold[seen_rows]]).mean()
     )
+    old_f1_before_adding = group_f1(predictions_of(model, before), gold, names, held_out)["old_labels_macro_f1"]
 
     model.add_labels(held_out)  # by name only
-    order = [names.index(label) for label in model.labeltok_config.labels]  # logit index -> lexnames id
     after = logits_of(model)
     assert np.array_equal(after[:, : len(seen)], before), "isolated attention: seen logits must not move"
-    predicted = np.asarray(order)[after.argmax(1)]
+    predicted = predictions_of(model, after)
     label_tokens = accuracies(predicted, gold, held_ids)
     new_columns = [model.labeltok_config.labels.index(label) for label in held_out]
     held_rows = ~seen_rows
@@ -186,6 +270,7 @@ def main(argv=None) -> dict:
     label_tokens["accuracy_held_out_rows_among_held_out_labels"] = float((among_new == gold[held_rows]).mean())
     new_rows_vs_init = initial_label_table(model.labeltok_config, model.base_model.get_input_embeddings(), tokenizer)
     assert torch.equal(model.label_tables["default"].detach()[len(seen) :], new_rows_vs_init[len(seen) :])
+    zero_shot_f1 = group_f1(predicted, gold, names, held_out)
 
     # Nearest label embedding: frozen mean-pooled text vs mean-pooled label name, cosine.
     frozen = AutoModel.from_pretrained(path, add_pooling_layer=False).eval()
@@ -200,6 +285,7 @@ def main(argv=None) -> dict:
             == gold[held_rows]
         ).mean()
     )
+    del frozen
 
     result = {
         "setup": vars(args) | {"held_out_labels": held_out, "train_rows": len(train), "test_rows": len(test)},
@@ -213,12 +299,99 @@ def main(argv=None) -> dict:
             "max": float(drift.max()),
         },
         "train_seconds": train_seconds,
-        "wall_seconds": time.perf_counter() - started,
     }
+
+    if args.new_label_shots > 0:
+        replay = args.new_label_shots if args.replay_shots is None else args.replay_shots
+        set_seed(args.seed)
+        sample = new_label_sample(list(full_train["label"]), names, held_out, args.new_label_shots, replay, args.seed)
+        labels_now = model.labeltok_config.labels
+        frozen_state = {key: value.clone() for key, value in model.state_dict().items()}
+        with model.train_only_labels(held_out, train_head=args.train_head):
+            few_seconds = train_model(
+                model,
+                tokenized(full_train.select(sample), labels_now),
+                args.new_label_epochs,
+                args.new_label_learning_rate,
+            )
+        for key, value in model.state_dict().items():  # only the new rows (and the head, if asked) may have moved
+            if "label_tables." in key:
+                assert torch.equal(value[: len(seen)], frozen_state[key][: len(seen)]), "an old label's row moved"
+            elif not (args.train_head and "heads." in key):
+                assert torch.equal(value, frozen_state[key]), f"{key} moved"
+        tuned = predictions_of(model, logits_of(model))
+        tuned_f1 = group_f1(tuned, gold, names, held_out)
+        result["new_label_fine_tune"] = {
+            "train_rows": len(sample),
+            "replay_shots": replay,
+            "train_seconds": few_seconds,
+            "old_labels_macro_f1_before_adding_20_way": old_f1_before_adding,
+            "before": zero_shot_f1,
+            "after": tuned_f1 | accuracies(tuned, gold, held_ids),
+            "old_labels_f1_change_points": 100
+            * (tuned_f1["old_labels_macro_f1"] - zero_shot_f1["old_labels_macro_f1"]),
+        }
+    del model
+
+    if args.reference:
+        set_seed(args.seed)
+        reference = new_model(names)
+        reference_seconds = train_model(reference, tokenized(full_train, names), args.epochs, args.label_learning_rate)
+        reference_f1 = group_f1(predictions_of(reference, logits_of(reference)), gold, names, held_out)
+        result["reference_all_labels_from_start"] = reference_f1 | {
+            "train_rows": len(full_train),
+            "train_seconds": reference_seconds,
+        }
+        if "new_label_fine_tune" in result:
+            tuned_new = result["new_label_fine_tune"]["after"]["new_labels_macro_f1"]
+            ratio = tuned_new / reference_f1["new_labels_macro_f1"]
+            result["new_label_fine_tune"]["new_labels_f1_ratio_to_reference"] = ratio
+            result["new_label_fine_tune"]["targets_met"] = {
+                "new_labels_f1_at_least_90_percent_of_reference": ratio >= 0.9,
+                "old_labels_lose_at_most_1_point": result["new_label_fine_tune"]["old_labels_f1_change_points"] >= -1,
+            }
+
+    result["wall_seconds"] = time.perf_counter() - started
     print(json.dumps(result, indent=2))
+    print(summary(result))
     if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+def summary(result: dict) -> str:
+    """A few lines with the headline numbers of `main`'s result."""
+    tokens, nearest = result["label_tokens"], result["nearest_label_embedding"]
+    lines = [
+        f"[zero_shot] seed {result['setup']['seed']}, held out {result['setup']['held_out_labels']}",
+        f"  zero-shot accuracy, held-out rows: {tokens['accuracy_held_out_rows']:.3f} (nearest label embedding "
+        f"{nearest['accuracy_held_out_rows']:.3f}, chance {result['chance']['among_all_labels']:.3f}); seen rows "
+        f"{tokens['accuracy_seen_rows_before_adding']:.3f} -> {tokens['accuracy_seen_rows']:.3f} after add_labels",
+    ]
+    tune = result.get("new_label_fine_tune")
+    if tune:
+        before, after = tune["before"], tune["after"]
+        lines.append(
+            f"  {result['setup']['new_label_shots']}-shot fine-tune of the new rows ({tune['train_rows']} rows, "
+            f"replay {tune['replay_shots']} per seen label): new labels' macro-F1 {before['new_labels_macro_f1']:.3f} "
+            f"-> {after['new_labels_macro_f1']:.3f}; old labels' {before['old_labels_macro_f1']:.3f} -> "
+            f"{after['old_labels_macro_f1']:.3f} ({tune['old_labels_f1_change_points']:+.1f} points; "
+            f"{tune['old_labels_macro_f1_before_adding_20_way']:.3f} before adding, 20-way)"
+        )
+    reference = result.get("reference_all_labels_from_start")
+    if reference:
+        lines.append(
+            f"  trained from the start on all labels: new labels' macro-F1 {reference['new_labels_macro_f1']:.3f}, "
+            f"old labels' {reference['old_labels_macro_f1']:.3f}"
+        )
+    if tune and "new_labels_f1_ratio_to_reference" in tune:
+        lines.append(
+            f"  new labels' F1 / reference: {tune['new_labels_f1_ratio_to_reference']:.3f} (target >= 0.9); old "
+            f"labels' change {tune['old_labels_f1_change_points']:+.1f} points (target >= -1); met: "
+            f"{tune['targets_met']}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
