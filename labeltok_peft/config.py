@@ -157,7 +157,7 @@ class LabelTokConfig:
         metadata={
             "help": "Training with very many labels (needs label_attention='isolated'): each training step scores "
             "the batch's positive labels plus uniformly sampled negatives, about this many labels in all (sampled "
-            "softmax with the logQ correction for single-label, BCE on the sampled set for multi-label). "
+            "softmax with the logQ correction for single-label, BCE on the set weighted by 1/q for drawn negatives for multi-label). "
             "Evaluation and prediction always score every label. None scores all labels in training too."
         },
     )

@@ -13,9 +13,11 @@ The loss on the sampled set:
   nothing from the batch's positives) makes each drawn negative stand for the `1/q` labels it was drawn from, so the
   softmax's normaliser estimates the full one and the loss approaches full cross-entropy; without it the drawn
   negatives would be under-weighted by `q` (about 1/300 at 32 of 10,000 labels) and every score would drift up.
-- multi-label: binary cross-entropy averaged over `[batch, set size]`, uncorrected, as the issue asks. The set
-  over-represents positives, so the learned probabilities run high at a fixed threshold; ranking metrics
-  (precision@k) are unaffected, thresholds should be tuned on validation data.
+- multi-label: binary cross-entropy on the set, importance-weighted. Each drawn negative label's terms are weighted
+  by `1/q` (it stands for the `1/q` labels it was drawn from; the batch's positives weigh 1), and the weighted sum is
+  divided by `batch * num_labels`, so the loss and its gradient are unbiased estimates of full BCE over every label.
+  An unweighted mean over the set would over-represent the batch's positives by about `K/k`, so its probabilities
+  would run high at any fixed threshold.
 
 Evaluation (`model.eval()`) and `predict` always score every label.
 """
@@ -82,13 +84,16 @@ def sampled_loss(scores: torch.Tensor, labels: torch.Tensor, sampled: SampledLab
         scores: `[batch, set_size]` fp32 logits of the sampled labels, in the order of `sampled.ids`.
         labels: `[batch]` class ids or `[batch, num_labels]` multi-hot values (all labels).
         sampled: the step's `SampledLabels`.
-        multi_label: BCE on the set instead of the corrected sampled softmax.
+        multi_label: importance-weighted BCE on the set instead of the corrected sampled softmax.
 
     Returns:
         Scalar loss.
     """
     if multi_label:
-        return nn.functional.binary_cross_entropy_with_logits(scores, labels[:, sampled.ids].to(scores.dtype))
+        targets = labels[:, sampled.ids].to(scores.dtype)
+        weights = torch.exp(-sampled.log_inclusion.to(scores.dtype))  # [set_size]: 1, or 1/q for drawn negatives
+        terms = nn.functional.binary_cross_entropy_with_logits(scores, targets, reduction="none")
+        return (terms * weights).sum() / (labels.shape[0] * labels.shape[1])
     targets = torch.searchsorted(sampled.ids, labels)  # every row's class is in the set
     return nn.functional.cross_entropy(scores - sampled.log_inclusion.to(scores.dtype), targets)
 

@@ -11,7 +11,7 @@ from tiny_models import TINY
 from transformers import BertConfig, BertModel
 
 from labeltok_peft import LabelTokConfig, get_labeltok_model
-from labeltok_peft.sampling import sample_labels
+from labeltok_peft.sampling import sample_labels, sampled_loss
 
 NUM_LABELS = 40
 LABELS = [f"label{i}" for i in range(NUM_LABELS)]
@@ -90,7 +90,10 @@ def test_training_loss_is_the_sampled_loss_on_the_same_set(family, multi_label):
     assert (output.logits[:, ~scored] == MIN).all()
     subset = all_scores[:, ids]
     if multi_label:
-        expected = torch.nn.functional.binary_cross_entropy_with_logits(subset, labels[:, ids])
+        negatives = ~labels.bool().any(dim=0)[ids]
+        weights = torch.where(negatives, 37 / 5, 1.0)  # 5 drawn of the 37 labels positive in no row
+        terms = torch.nn.functional.binary_cross_entropy_with_logits(subset, labels[:, ids], reduction="none")
+        expected = (terms * weights).sum() / (3 * NUM_LABELS)
     else:
         negatives = ~torch.isin(ids, labels)
         correction = torch.where(negatives, math.log(5 / 37), 0.0)  # 5 drawn of the 37 non-positive labels
@@ -100,6 +103,33 @@ def test_training_loss_is_the_sampled_loss_on_the_same_set(family, multi_label):
     output.loss.backward()
     table_grad = model.label_tables["default"].grad
     assert (table_grad[ids].abs().sum(dim=1) > 0).all() and (table_grad[~scored] == 0).all()
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_sampled_loss_estimates_the_full_loss(multi_label):
+    """Averaged over many draws, the sampled loss (multi-label: weighted BCE) approaches the loss over every label;
+    without the weights (a plain mean over the set) the multi-label estimate is far off."""
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, NUM_LABELS, generator=generator) - 2  # a trained model's scores: most labels are off
+    labels = multi_hot([[1, 2], [2], [30], []]) if multi_label else torch.tensor([1, 2, 30, 7])
+    if multi_label:
+        full = torch.nn.functional.binary_cross_entropy_with_logits(scores, labels)
+    torch.manual_seed(0)
+    estimates, plain = [], []
+    for _ in range(3000):
+        sampled = sample_labels(labels, NUM_LABELS, 10, multi_label)
+        estimates.append(sampled_loss(scores[:, sampled.ids], labels, sampled, multi_label))
+        if multi_label:
+            plain.append(
+                torch.nn.functional.binary_cross_entropy_with_logits(scores[:, sampled.ids], labels[:, sampled.ids])
+            )
+    mean = torch.stack(estimates).mean()
+    if multi_label:
+        assert abs(float(mean - full)) < 0.01 * float(full)
+        assert abs(float(torch.stack(plain).mean() - full)) > 0.05 * float(full)
+    else:  # sampled softmax is a consistent, not unbiased, estimate: check it lands near full cross-entropy
+        full = torch.nn.functional.cross_entropy(scores, labels)
+        assert abs(float(mean - full)) < 0.1 * float(full)
 
 
 def test_evaluation_and_no_labels_score_every_label():
