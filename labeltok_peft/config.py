@@ -57,6 +57,7 @@ class HeadType(str, Enum):
 
     LINEAR = "linear"
     TIED = "tied"
+    RESIDUAL = "residual"
 
 
 def _coerce_enum(enum_cls: type[Enum], field_name: str, value: Any) -> Enum:
@@ -170,7 +171,8 @@ class LabelTokConfig:
         metadata={
             "help": "'linear': the shared `Linear(hidden, 1)` only. 'tied': that plus a learned scale times the cosine "
             "between each label's output and the label's own row of the table (the row is the label's output vector "
-            "too, as in language models with tied embeddings; no parameter per label is added)."
+            "too, as in language models with tied embeddings; no parameter per label is added). 'residual': the shared "
+            "Linear plus a weight vector per label, initialised at zero (labels added later keep zero)."
         },
     )
     lora: dict[str, Any] | None = field(

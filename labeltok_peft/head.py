@@ -20,13 +20,25 @@ class LabelHead(nn.Module):
         num_labels: number of labels (used by the per-label bias only).
         per_label_bias: add a learned bias per label.
         tied: add the learned-scale cosine between each label's output and its table row.
+        per_label_weight: add `label_weight[k] . h_k`, a weight vector per label that starts at zero (a residual on
+            the shared head; a classifier row per label, as a sequence-classification head has).
     """
 
-    def __init__(self, hidden_size: int, num_labels: int, per_label_bias: bool = False, tied: bool = False) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        num_labels: int,
+        per_label_bias: bool = False,
+        tied: bool = False,
+        per_label_weight: bool = False,
+    ) -> None:
         super().__init__()
         self.score = nn.Linear(hidden_size, 1, dtype=torch.float32)
         self.label_bias = nn.Parameter(torch.zeros(num_labels, dtype=torch.float32)) if per_label_bias else None
         self.tied_scale = nn.Parameter(torch.ones((), dtype=torch.float32)) if tied else None
+        self.label_weight = (
+            nn.Parameter(torch.zeros(num_labels, hidden_size, dtype=torch.float32)) if per_label_weight else None
+        )
 
     def forward(
         self,
@@ -47,8 +59,11 @@ class LabelHead(nn.Module):
         """
         label_hidden = label_hidden.to(self.score.weight.dtype)
         logits = self.score(label_hidden).squeeze(-1)
+        index = label_slice if label_slice is not None else slice(None)
         if self.label_bias is not None:
-            logits = logits + self.label_bias[label_slice if label_slice is not None else slice(None)]
+            logits = logits + self.label_bias[index]
+        if self.label_weight is not None:
+            logits = logits + (label_hidden * self.label_weight[index][None]).sum(dim=-1)
         if self.tied_scale is not None:
             if label_rows is None:
                 raise ValueError("The tied head needs the chunk's label rows (label_rows); none were given.")

@@ -11,12 +11,17 @@ Whether the trained adapter then scores the new label well is a question of tran
 - with a per-label bias, new labels start at the mean of the existing biases: the bias is a learned prior per label,
   and the mean is the prior of a typical label, where 0 would be an arbitrary value on the trained biases' scale
   (only differences matter to a softmax; a sigmoid reads 0 as probability 1/2, rarely the typical prior);
+- with the residual head (`head_type="residual"`), new labels' weight vectors start at zero: a new label is scored by
+  the shared head alone until its own weights are trained;
 - every check (names, descriptions, the position budget, the new rows) runs before the model changes, so a failed
   call leaves the model bitwise as it was;
 - the label table stays one `nn.Parameter`, replaced by a new one with the same `requires_grad` (and so is the
-  per-label bias). An optimizer built before the call still holds the old Parameter: build a new optimizer (a new
+  per-label head parameters). An optimizer built before the call still holds the old Parameter: build a new optimizer (a new
   `Trainer`) after changing the label set. A `Trainer` checkpoint of the old label set no longer resumes into the
   model (its fingerprint lists the labels), and multi-label thresholds tuned for the old label set no longer apply.
+
+`train_only_labels` then fine-tunes the new rows alone on a few examples: every other parameter is frozen and a
+gradient hook zeroes the other rows, so the old labels' rows stay bitwise as they were.
 """
 
 from __future__ import annotations
@@ -94,20 +99,31 @@ def _new_rows(model, config: LabelTokConfig, first_new: int) -> torch.Tensor:
     return full[first_new:]
 
 
-def _swap_in(model, adapter_name: str, config: LabelTokConfig, table: torch.Tensor, bias: torch.Tensor | None):
-    """Replaces the adapter's config, label table and per-label bias (each Parameter keeps its `requires_grad`)."""
+# Head parameters with one entry per label along dim 0 (None when the adapter's head has no such term).
+PER_LABEL_HEAD_PARAMETERS = ("label_bias", "label_weight")
+
+
+def per_label_head_parameters(head: nn.Module) -> dict[str, nn.Parameter]:
+    """The head's per-label parameters by attribute name: the bias (`[num_labels]`), the residual weights."""
+    found = {name: getattr(head, name, None) for name in PER_LABEL_HEAD_PARAMETERS}
+    return {name: parameter for name, parameter in found.items() if parameter is not None}
+
+
+def _swap_in(model, adapter_name: str, config: LabelTokConfig, table: torch.Tensor, per_label: dict[str, torch.Tensor]):
+    """Replaces the adapter's config, label table and per-label head parameters (each keeps its `requires_grad`)."""
     old_table = model.label_tables[adapter_name]
     head = model.heads[adapter_name]
-    old_bias = head.label_bias
+    old_head = per_label_head_parameters(head)
     old_config = model.labeltok_configs[adapter_name]
     try:
         model.label_tables[adapter_name] = nn.Parameter(table, requires_grad=old_table.requires_grad)
-        if bias is not None:
-            head.label_bias = nn.Parameter(bias, requires_grad=old_bias.requires_grad)
+        for name, value in per_label.items():
+            setattr(head, name, nn.Parameter(value, requires_grad=old_head[name].requires_grad))
         model.labeltok_configs[adapter_name] = config
     except BaseException:
         model.label_tables[adapter_name] = old_table
-        head.label_bias = old_bias
+        for name, parameter in old_head.items():
+            setattr(head, name, parameter)
         model.labeltok_configs[adapter_name] = old_config
         raise
 
@@ -151,10 +167,12 @@ def add_labels(
     old_table = model.label_tables[adapter_name]
     new_rows = _new_rows(model, new_config, config.num_labels).to(old_table.device, old_table.dtype)
     table = torch.cat([old_table.detach(), new_rows]).clone()
-    bias = model.heads[adapter_name].label_bias
-    if bias is not None:
-        bias = torch.cat([bias.detach(), bias.detach().mean().expand(len(names))]).clone()
-    _swap_in(model, adapter_name, new_config, table, bias)
+    per_label = {}
+    for name, parameter in per_label_head_parameters(model.heads[adapter_name]).items():
+        old = parameter.detach()
+        start = old.mean(dim=0, keepdim=True) if name == "label_bias" else torch.zeros_like(old[:1])
+        per_label[name] = torch.cat([old, start.expand(len(names), *old.shape[1:])]).clone()
+    _swap_in(model, adapter_name, new_config, table, per_label)
 
 
 def remove_labels(model, names: str | Sequence[str], adapter_name: str | None = None) -> None:
@@ -191,7 +209,99 @@ def remove_labels(model, names: str | Sequence[str], adapter_name: str | None = 
     old_table = model.label_tables[adapter_name]
     index = torch.tensor(keep, dtype=torch.long, device=old_table.device)
     table = old_table.detach().index_select(0, index)
-    bias = model.heads[adapter_name].label_bias
-    if bias is not None:
-        bias = bias.detach().index_select(0, index.to(bias.device))
-    _swap_in(model, adapter_name, new_config, table, bias)
+    per_label = {
+        name: parameter.detach().index_select(0, index.to(parameter.device))
+        for name, parameter in per_label_head_parameters(model.heads[adapter_name]).items()
+    }
+    _swap_in(model, adapter_name, new_config, table, per_label)
+
+
+class TrainableLabelRows:
+    """What `train_only_labels` changed, with `remove()` to undo it; also a context manager that removes on exit.
+
+    Attributes:
+        names: the labels whose rows train.
+        indices: their indices in the label table.
+        adapter_name: the adapter whose label table is masked.
+    """
+
+    def __init__(self, names: list[str], indices: list[int], adapter_name: str, flags, hooks) -> None:
+        self.names = names
+        self.indices = indices
+        self.adapter_name = adapter_name
+        self._flags = flags  # [(parameter, requires_grad before the call)] for every parameter of the model
+        self._hooks = hooks
+
+    def remove(self) -> None:
+        """Removes the gradient masks and restores every parameter's previous `requires_grad` (idempotent)."""
+        for hook in self._hooks:
+            hook.remove()
+        for parameter, flag in self._flags:
+            parameter.requires_grad_(flag)
+        self._hooks, self._flags = [], []
+
+    def __enter__(self) -> TrainableLabelRows:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.remove()
+
+
+def _row_mask_hook(keep: torch.Tensor):
+    """A tensor hook that zeroes the gradient of every row not in `keep` (`[num_labels]` bool), NaN included."""
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        mask = keep.to(grad.device).view(-1, *([1] * (grad.dim() - 1)))
+        return torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+
+    return hook
+
+
+def train_only_labels(model, names: str | Sequence[str], train_head: bool = False) -> TrainableLabelRows:
+    """Makes only the named labels' rows of the active adapter's label table trainable (few-shot for new labels).
+
+    Every parameter of the model is frozen except the label table (and the head with `train_head`); a hook on the
+    table zeroes the gradient of every other row, so an optimizer built afterwards leaves them bitwise unchanged as
+    long as it moves nothing with a zero gradient: Adam/AdamW with fresh state and no weight decay on the table and
+    the per-label bias (decoupled decay shrinks a weight whatever its gradient; `optim.create_optimizer` decays
+    neither). Per-label head parameters (bias, residual weights) follow the rows: the named labels'
+    entries train (also without `train_head`), the others are masked the same way. The hooks sit on the current
+    Parameters: call this after `add_labels` / `remove_labels`, which replace them.
+
+    Args:
+        model: a `LabelTokModel`.
+        names: labels of the active adapter whose rows train (one string is one label).
+        train_head: also train the shared head (`score`, and the tied head's scale); the other labels' bias entries
+            stay masked.
+
+    Returns:
+        A `TrainableLabelRows` handle; `.remove()` (or leaving a `with` block) takes the hooks off and restores
+        every parameter's previous `requires_grad`.
+
+    Raises:
+        ValueError: no names, a name given twice, or a name that is not a label of the active adapter (the model is
+            left unchanged).
+    """
+    adapter_name = model._require_active()
+    labels = model.labeltok_configs[adapter_name].labels
+    names = _label_names(names, "train_only_labels")
+    unknown = sorted(set(names) - set(labels))
+    if unknown:
+        raise ValueError(
+            f"train_only_labels: {unknown} are not labels of the active adapter {adapter_name!r}; its labels: "
+            f"{labels}. Add new labels first with add_labels."
+        )
+    table = model.label_tables[adapter_name]
+    head = model.heads[adapter_name]
+    keep = torch.zeros(len(labels), dtype=torch.bool)
+    indices = [labels.index(name) for name in names]
+    keep[indices] = True
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    masked = [table, *per_label_head_parameters(head).values()]
+    trainable = {id(parameter) for parameter in masked}
+    if train_head:
+        trainable |= {id(parameter) for parameter in head.parameters()}
+    for parameter, _ in flags:
+        parameter.requires_grad_(id(parameter) in trainable)
+    hooks = [parameter.register_hook(_row_mask_hook(keep)) for parameter in masked]
+    return TrainableLabelRows(names, indices, adapter_name, flags, hooks)

@@ -128,6 +128,14 @@ def _usage_section(info: ModelCardInfo) -> list[str]:
     ]
 
 
+# What each head type adds to the shared Linear, in the card's "head" line.
+HEAD_TYPE_SUFFIX = {
+    "linear": "",
+    "tied": " plus a learned scale times the cosine with each label's own row (tied)",
+    "residual": " plus a weight vector per label (residual)",
+}
+
+
 def _adapter_section(info: ModelCardInfo) -> list[str]:
     config = info.config
     lora = "none (label table and head only)"
@@ -140,11 +148,7 @@ def _adapter_section(info: ModelCardInfo) -> list[str]:
         f"- label table: `[{config.num_labels}, {info.hidden_size}]`, initialised with `{config.label_init.value}`",
         f"- head: one shared fp32 `Linear({info.hidden_size}, 1)`"
         + (" plus a bias per label" if config.per_label_bias else "")
-        + (
-            " plus a learned scale times the cosine with each label's own row (tied)"
-            if config.head_type.value == "tied"
-            else ""
-        ),
+        + HEAD_TYPE_SUFFIX[config.head_type.value],
         f"- placement: `{config.placement.value}`, label attention: `{config.label_attention.value}`, "
         f"label positions: `{config.label_positions.value}`",
         f"- LoRA: {lora}",

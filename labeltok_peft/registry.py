@@ -65,8 +65,14 @@ def _forgive_backbone_keys(model, incompatible_keys) -> None:
 
 
 def new_head(hidden_size: int, config: LabelTokConfig) -> LabelHead:
-    """A freshly initialised `LabelHead` with the terms `config` asks for (per-label bias, tied)."""
-    return LabelHead(hidden_size, config.num_labels, config.per_label_bias, tied=config.head_type == HeadType.TIED)
+    """A freshly initialised `LabelHead` with the terms `config` asks for (per-label bias, tied, residual)."""
+    return LabelHead(
+        hidden_size,
+        config.num_labels,
+        config.per_label_bias,
+        tied=config.head_type == HeadType.TIED,
+        per_label_weight=config.head_type == HeadType.RESIDUAL,
+    )
 
 
 class AdapterRegistry:
@@ -249,6 +255,21 @@ class AdapterRegistry:
         The label table becomes a new `nn.Parameter` (same `requires_grad`): build a new optimizer afterwards.
         """
         label_set.remove_labels(self, names, adapter_name=adapter_name)
+
+    def train_only_labels(self, names: str | list[str], train_head: bool = False) -> label_set.TrainableLabelRows:
+        """Makes only the named labels' rows of the active adapter trainable; see `label_set.train_only_labels`.
+
+        LoRA weights and (unless `train_head`) the head are frozen and a gradient hook zeroes every other row, so a
+        fresh AdamW without weight decay on the table (`optim.create_optimizer`) leaves them bitwise unchanged.
+
+        Args:
+            names: the labels to fine-tune (typically those just added with `add_labels`).
+            train_head: also train the shared head.
+
+        Returns:
+            A handle whose `.remove()` takes the hook off and restores every parameter's previous `requires_grad`.
+        """
+        return label_set.train_only_labels(self, names, train_head=train_head)
 
     # ----------------------------------------------------------------------------------------- load
 

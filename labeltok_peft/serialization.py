@@ -109,6 +109,8 @@ def expected_tensor_shapes(config: LabelTokConfig, hidden_size: int) -> dict[str
         shapes["head.label_bias"] = (config.num_labels,)
     if config.head_type == HeadType.TIED:
         shapes["head.tied_scale"] = ()
+    if config.head_type == HeadType.RESIDUAL:
+        shapes["head.label_weight"] = (config.num_labels, hidden_size)
     return shapes
 
 

@@ -1,4 +1,4 @@
-"""The tied head (`head_type="tied"`): each label's output is also compared with its own label-table row."""
+"""Head variants: the tied head (a label's own table row is also its output vector) and the residual head."""
 
 from __future__ import annotations
 
@@ -94,3 +94,79 @@ def test_added_label_is_scored_with_its_own_row():
 def test_unknown_head_type_names_the_choices():
     with pytest.raises(ValueError, match="head_type must be one of 'linear', 'tied'"):
         LabelTokConfig(labels=LABELS, head_type="cosine")
+
+
+def build_residual(**config_kwargs) -> tuple[LabelTokModel, object]:
+    tokenizer = tokenizer_for("bert")
+    config = LabelTokConfig(labels=LABELS, head_type="residual", label_init="random", **config_kwargs)
+    return get_labeltok_model(tiny_backbone("bert"), config, tokenizer=tokenizer), tokenizer
+
+
+def label_outputs(model: LabelTokModel, batch) -> torch.Tensor:
+    """`[batch, num_labels, hidden]` what the head receives."""
+    captured = []
+    hook = model.heads["default"].register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    with torch.no_grad():
+        model(**batch)
+    hook.remove()
+    return torch.cat(captured, dim=1)
+
+
+@pytest.mark.parametrize("attention", ["full", "isolated"])
+def test_residual_logit_adds_each_labels_own_weight_vector(attention):
+    model, tokenizer = build_residual(label_attention=attention)
+    model.eval()
+    head = model.heads["default"]
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    assert head.label_weight.shape == (len(LABELS), model.backbone_info.hidden_size)
+    assert not head.label_weight.any()  # starts as the shared head alone
+    with torch.no_grad():
+        head.label_weight.normal_()
+        logits = model(**batch).logits
+    hidden = label_outputs(model, batch)
+    expected = head.score(hidden).squeeze(-1) + (hidden * head.label_weight[None]).sum(-1)
+    torch.testing.assert_close(logits, expected.detach(), atol=1e-5, rtol=0)
+    assert (logits - head.score(hidden).squeeze(-1)).abs().max() > 0.1
+
+
+def test_residual_weights_follow_added_and_removed_labels_and_round_trip(tmp_path):
+    model, tokenizer = build_residual(label_attention="isolated", per_label_bias=True, lora={"r": 4})
+    model.eval()
+    head = model.heads["default"]
+    with torch.no_grad():
+        head.label_weight.normal_()
+        head.label_bias.normal_()
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    before = model(**batch).logits
+    trained = head.label_weight.detach().clone()
+    model.add_labels(["music"])
+    assert head.label_weight.shape[0] == len(LABELS) + 1
+    assert torch.equal(head.label_weight[: len(LABELS)], trained) and not head.label_weight[-1].any()
+    torch.testing.assert_close(model(**batch).logits[:, : len(LABELS)], before, atol=1e-5, rtol=0)
+    model.remove_labels(["film"])
+    kept = [0, 1, 3, 4]
+    assert torch.equal(head.label_weight, torch.cat([trained, torch.zeros_like(trained[:1])])[kept])
+    expected = model(**batch).logits
+    model.save_pretrained(tmp_path / "residual")
+    loaded = LabelTokModel.from_pretrained(tiny_backbone("bert"), tmp_path / "residual")
+    loaded.eval()
+    assert loaded.labeltok_config.labels == ["sport", "business", "tech", "music"]
+    torch.testing.assert_close(loaded(**batch).logits, expected, atol=1e-6, rtol=0)
+    assert "a weight vector per label (residual)" in (tmp_path / "residual" / "README.md").read_text()
+
+
+def test_train_only_labels_masks_the_other_labels_weight_vectors():
+    model, tokenizer = build_residual(label_attention="isolated")
+    model.add_labels(["music"])
+    head = model.heads["default"]
+    before = head.label_weight.detach().clone()
+    batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"), labels=torch.tensor([4, 4, 0, 1]))
+    with model.train_only_labels(["music"]):
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+        model.train()
+        for _ in range(3):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert torch.equal(head.label_weight[: len(LABELS)], before[: len(LABELS)])
+    assert head.label_weight[-1].abs().sum() > 0
