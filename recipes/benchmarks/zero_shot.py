@@ -35,6 +35,7 @@ import json
 import random
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from labeltok_peft.machine import prefer_passive_openmp
@@ -95,11 +96,25 @@ def accuracies(predicted: np.ndarray, gold: np.ndarray, held_out_ids: set[int]) 
     }
 
 
+def _label_sample(row_labels: list[int], names: list[str], group: list[str], shots: int, seed: int, flag: str):
+    """`shots` train-row indices of each label in `group`, by `few_shot.sample_shots` over the group's rows."""
+    positions = [index for index, label in enumerate(row_labels) if names[label] in group]
+    local = [group.index(names[row_labels[index]]) for index in positions]
+    counts = Counter(local)
+    short = {name: counts[index] for index, name in enumerate(group) if counts[index] < shots}
+    if short:
+        raise ValueError(
+            f"{flag} {shots}: the label(s) {short} have fewer train rows than that; lower {flag} or load more rows "
+            "per label (--per_label)."
+        )
+    return [positions[index] for index in sample_shots(local, group, shots, seed, False)]
+
+
 def new_label_sample(row_labels: list[int], names: list[str], held_out: list[str], shots: int, replay: int, seed: int):
     """Train-row indices of the fine-tune: `shots` rows of each held-out label and `replay` rows of each other label.
 
-    Both come from `few_shot.sample_shots` (a fixed hash order per label and seed), so a label's rows do not depend
-    on the other labels, and the 8-shot rows of a label are among its 16-shot rows.
+    Both follow the `few_shot.sample_shots` rule (a fixed hash order per label and seed) over the rows of their
+    group, so for one seed the 8-shot rows of a label are among its 16-shot rows.
 
     Args:
         row_labels: `[num_train_rows]` label id (index into `names`) of every train row.
@@ -111,12 +126,14 @@ def new_label_sample(row_labels: list[int], names: list[str], held_out: list[str
 
     Returns:
         The sorted row indices.
+
+    Raises:
+        ValueError: a label with fewer train rows than asked (named, with the flag to lower).
     """
-    held = {names.index(name) for name in held_out}
-    chosen = [index for index in sample_shots(row_labels, names, shots, seed, False) if row_labels[index] in held]
+    chosen = _label_sample(row_labels, names, list(held_out), shots, seed, "--new_label_shots")
     if replay > 0:
-        replayed = sample_shots(row_labels, names, replay, seed, False)
-        chosen += [index for index in replayed if row_labels[index] not in held]
+        seen = [name for name in names if name not in held_out]
+        chosen += _label_sample(row_labels, names, seen, replay, seed, "--replay_shots")
     return sorted(chosen)
 
 
@@ -153,9 +170,10 @@ def main(argv=None) -> dict:
     names = splits["train"].features["label"].names
     held_out = sorted(random.Random(args.seed).sample(names, args.held_out))
     seen = [name for name in names if name not in held_out]
-    full_train = splits["train"]
+    full_train = splits["train"]  # the few-shot sample's pool; the reference trains on it (capped as phase one is)
+    reference_train = full_train
     if args.max_train_rows is not None and args.max_train_rows < len(full_train):
-        full_train = full_train.shuffle(seed=args.seed).select(range(args.max_train_rows))
+        reference_train = full_train.shuffle(seed=args.seed).select(range(args.max_train_rows))
     train = splits["train"].filter(lambda row: names[row["label"]] in seen)
     if args.max_train_rows is not None and args.max_train_rows < len(train):
         train = train.shuffle(seed=args.seed).select(range(args.max_train_rows))
@@ -336,18 +354,21 @@ def main(argv=None) -> dict:
     if args.reference:
         set_seed(args.seed)
         reference = new_model(names)
-        reference_seconds = train_model(reference, tokenized(full_train, names), args.epochs, args.label_learning_rate)
+        reference_seconds = train_model(
+            reference, tokenized(reference_train, names), args.epochs, args.label_learning_rate
+        )
         reference_f1 = group_f1(predictions_of(reference, logits_of(reference)), gold, names, held_out)
         result["reference_all_labels_from_start"] = reference_f1 | {
-            "train_rows": len(full_train),
+            "train_rows": len(reference_train),
             "train_seconds": reference_seconds,
         }
         if "new_label_fine_tune" in result:
             tuned_new = result["new_label_fine_tune"]["after"]["new_labels_macro_f1"]
-            ratio = tuned_new / reference_f1["new_labels_macro_f1"]
+            reference_new = reference_f1["new_labels_macro_f1"]
+            ratio = tuned_new / reference_new if reference_new > 0 else None  # None: the reference never got one right
             result["new_label_fine_tune"]["new_labels_f1_ratio_to_reference"] = ratio
             result["new_label_fine_tune"]["targets_met"] = {
-                "new_labels_f1_at_least_90_percent_of_reference": ratio >= 0.9,
+                "new_labels_f1_at_least_90_percent_of_reference": ratio is not None and ratio >= 0.9,
                 "old_labels_lose_at_most_1_point": result["new_label_fine_tune"]["old_labels_f1_change_points"] >= -1,
             }
 
@@ -386,8 +407,9 @@ def summary(result: dict) -> str:
             f"old labels' {reference['old_labels_macro_f1']:.3f}"
         )
     if tune and "new_labels_f1_ratio_to_reference" in tune:
+        ratio = tune["new_labels_f1_ratio_to_reference"]
         lines.append(
-            f"  new labels' F1 / reference: {tune['new_labels_f1_ratio_to_reference']:.3f} (target >= 0.9); old "
+            f"  new labels' F1 / reference: {float('nan') if ratio is None else ratio:.3f} (target >= 0.9); old "
             f"labels' change {tune['old_labels_f1_change_points']:+.1f} points (target >= -1); met: "
             f"{tune['targets_met']}"
         )
