@@ -167,12 +167,14 @@ class LabelTokConfig:
         metadata={"help": "Add a learned bias per label on top of the shared head (a prior per class)."},
     )
     head_type: HeadType | str = field(
-        default=HeadType.LINEAR,
+        default=HeadType.RESIDUAL,
         metadata={
-            "help": "'linear': the shared `Linear(hidden, 1)` only. 'tied': that plus a learned scale times the cosine "
-            "between each label's output and the label's own row of the table (the row is the label's output vector "
-            "too, as in language models with tied embeddings; no parameter per label is added). 'residual': the shared "
-            "Linear plus a weight vector per label, initialised at zero (labels added later keep zero)."
+            "help": "'residual' (default): the shared `Linear(hidden, 1)` plus a weight vector per label that starts "
+            "at zero (labels added later start at zero and are scored by the shared part alone until trained); it "
+            "brought label tokens level with PEFT LoRA SEQ_CLS under the fair protocol (BENCHMARKS.md, quality "
+            "study). 'linear': the shared Linear only (no parameter per label in the head). 'tied': the shared Linear "
+            "plus a learned scale times the cosine between each label's output and the label's own row of the table "
+            "(the row is the label's output vector too, as in language models with tied embeddings)."
         },
     )
     lora: dict[str, Any] | None = field(
@@ -300,12 +302,16 @@ class LabelTokConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LabelTokConfig:
-        """Builds a config from `to_dict()` output; unknown keys are an error, not silently dropped."""
+        """Builds a config from `to_dict()` output; unknown keys are an error, not silently dropped.
+
+        A saved config without `head_type` predates head types and had the shared linear head only, so it reads as
+        `head_type="linear"` whatever the current default is.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"Unknown LabelTokConfig keys {unknown}; known keys: {sorted(known)}.")
-        return cls(**values)
+        return cls(**{"head_type": HeadType.LINEAR.value, **values})
 
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

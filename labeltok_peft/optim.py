@@ -16,8 +16,8 @@ def adapter_parameter_groups(
     """Splits a `LabelTokModel`'s trainable parameters into optimizer groups.
 
     Label rows are soft-prompt-like embeddings and learn best with a much larger rate than LoRA weights (see the
-    measurements in BENCHMARKS.md), so they get their own group. Weight decay never applies to the label table or
-    to biases.
+    measurements in BENCHMARKS.md), so they get their own group. Weight decay never applies to the label table, to
+    biases or to the residual head's per-label weights (so `train_only_labels` leaves other labels' rows bitwise).
 
     Args:
         model: a `LabelTokModel` (or a module wrapping one, such as DDP).
@@ -34,7 +34,7 @@ def adapter_parameter_groups(
     groups = {
         "labels": {"params": [], "lr": label_lr, "weight_decay": 0.0},
         "head": {"params": [], "lr": head_lr, "weight_decay": weight_decay},
-        "head_bias": {"params": [], "lr": head_lr, "weight_decay": 0.0},
+        "head_no_decay": {"params": [], "lr": head_lr, "weight_decay": 0.0},
         "lora": {"params": [], "lr": learning_rate, "weight_decay": weight_decay},
     }
     for name, parameter in model.named_parameters():
@@ -43,7 +43,8 @@ def adapter_parameter_groups(
         if "label_tables." in name:
             groups["labels"]["params"].append(parameter)
         elif "heads." in name:
-            groups["head_bias" if name.endswith("bias") else "head"]["params"].append(parameter)
+            no_decay = name.endswith(("bias", "label_weight"))  # per-label head rows decay no more than table rows
+            groups["head_no_decay" if no_decay else "head"]["params"].append(parameter)
         else:
             groups["lora"]["params"].append(parameter)
     return [dict(group, name=name) for name, group in groups.items() if group["params"]]

@@ -195,8 +195,10 @@ def test_predict_single_label_matches_forward():
 
 
 def test_trainable_parameter_count(capsys):
-    model, _ = build("bert")
+    model, _ = build("bert")  # the default residual head: table, shared Linear(32, 1), a weight vector per label
     trainable, total = model.get_nb_trainable_parameters()
-    assert trainable == len(LABELS) * 32 + 32 + 1
+    assert trainable == len(LABELS) * 32 + 32 + 1 + len(LABELS) * 32
+    linear, _ = build("bert", head_type="linear")
+    assert linear.get_nb_trainable_parameters()[0] == len(LABELS) * 32 + 32 + 1
     model.print_trainable_parameters()
     assert f"trainable params: {trainable:,d}" in capsys.readouterr().out

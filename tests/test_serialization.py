@@ -177,7 +177,7 @@ def test_only_safetensors_json_and_card_on_disk(lora_adapter):
     suffixes = {path.suffix for path in lora_adapter.rglob("*") if path.is_file()}
     assert suffixes == {".json", ".safetensors", ".md"}
     saved = load_file(lora_adapter / "labeltok_adapter.safetensors")
-    assert set(saved) == {"label_table", "head.score.weight", "head.score.bias", "head.label_bias"}
+    assert set(saved) == {"label_table", "head.score.weight", "head.score.bias", "head.label_bias", "head.label_weight"}
     assert saved["label_table"].shape == (len(LABELS), 32) and saved["label_table"].dtype == torch.float32
     document = json.loads((lora_adapter / "labeltok_config.json").read_text())
     assert document["format_version"] == 2 and document["library_version"]

@@ -60,7 +60,8 @@ def test_adamw_moves_only_the_named_rows(case):
     # Every parameter goes to the optimizer, with weight decay: frozen ones get no gradient (AdamW skips them), the
     # masked rows get exact zeros. Decay would shrink masked rows too (it ignores gradients), so it is off on the
     # table and the per-label bias, as in `create_optimizer`.
-    per_label = [model.label_tables["default"]] + [p for n, p in model.named_parameters() if n.endswith("label_bias")]
+    per_label = [model.label_tables["default"]]
+    per_label += [p for n, p in model.named_parameters() if n.endswith(("label_bias", "label_weight"))]
     others = [p for p in model.parameters() if all(p is not q for q in per_label)]
     optimizer = torch.optim.AdamW([{"params": per_label, "weight_decay": 0.0}, {"params": others}], lr=5e-2)
     train_steps(model, tokenizer, optimizer)
@@ -72,9 +73,9 @@ def test_adamw_moves_only_the_named_rows(case):
         if key == "label_tables.default":
             assert torch.equal(after[key][old], value[old])
             assert all(not torch.equal(after[key][index], value[index]) for index in new)
-        elif key == "heads.default.label_bias":
+        elif key in ("heads.default.label_bias", "heads.default.label_weight"):  # per-label: rows follow the table
             assert torch.equal(after[key][old], value[old])
-            assert all(after[key][index] != value[index] for index in new)
+            assert all(not torch.equal(after[key][index], value[index]) for index in new)
         else:
             assert torch.equal(after[key], value), key
 
@@ -111,7 +112,7 @@ def test_flags_and_masks_hold_until_remove_then_are_restored():
     previous = flags(model)
     handle = model.train_only_labels("music")
     trainable = {name for name, flag in flags(model).items() if flag}
-    assert trainable == {"label_tables.default", "heads.default.label_bias"}
+    assert trainable == {"label_tables.default", "heads.default.label_bias", "heads.default.label_weight"}
     assert handle.names == ["music"] and handle.indices == [model.label2id["music"]]
     batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"), labels=TARGETS)
     model(**batch).loss.backward()

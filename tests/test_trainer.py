@@ -107,10 +107,11 @@ def multi_label_dataset(rows: int, seed: int) -> datasets.Dataset:
     return datasets.Dataset.from_dict({"text": texts, "label": labels})
 
 
-# Modes, learning rate and held-out micro-F1 (before training, after) per label_attention, 40 epochs. Full attention
-# (sequential positions) measured on 2026-11-30 at lr 1e-2. The default, 'auto' (isolated, shared positions on BERT),
-# barely moves at lr 1e-2 (0.53 -> 0.54) and learns at lr 3e-2 (0.53 -> 0.76; lr 5e-2 diverges).
-MULTI_LABEL_CASES = {"full": (FULL, 1e-2, 0.35, 0.47), "auto": ({}, 3e-2, 0.53, 0.76)}
+# Modes, learning rate and held-out micro-F1 (before training, after) per label_attention, 40 epochs, default head
+# (residual). Full attention (sequential positions) at lr 1e-2: 0.35 -> 0.67, measured 2026-12-01 (the linear head
+# reached 0.47). The default, 'auto' (isolated, shared positions on BERT), barely moves at lr 1e-2 and learns at lr
+# 3e-2 (0.53 -> 0.76; lr 5e-2 diverges), measured with the linear head and unchanged with the residual one.
+MULTI_LABEL_CASES = {"full": (FULL, 1e-2, 0.35, 0.67), "auto": ({}, 3e-2, 0.53, 0.76)}
 
 
 @pytest.mark.parametrize("attention", sorted(MULTI_LABEL_CASES))

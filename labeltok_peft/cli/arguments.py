@@ -209,10 +209,11 @@ class LabelTokArguments:
     )
     per_label_bias: bool = field(default=False, metadata={"help": "Learn a bias per label on top of the head."})
     head_type: str = field(
-        default=HeadType.LINEAR.value,
+        default=HeadType.RESIDUAL.value,
         metadata={
-            "help": "'linear': the shared Linear(hidden, 1). 'tied': plus a learned scale times the cosine between "
-            "each label's output and its own label-table row.",
+            "help": "'residual' (default): the shared Linear(hidden, 1) plus a weight vector per label, initialised "
+            "at zero. 'linear': the shared Linear only. 'tied': the shared Linear plus a learned scale times the "
+            "cosine between each label's output and its own label-table row. See BENCHMARKS.md (the quality study).",
             "choices": [member.value for member in HeadType],
         },
     )

@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--label_learning_rate", type=float, default=5e-2)
     parser.add_argument("--head_learning_rate", type=float, default=5e-2)
     parser.add_argument("--lora_r", type=int, default=16)
+    parser.add_argument(
+        "--head_type", default="linear", choices=["linear", "tied", "residual"], help="LabelTokConfig.head_type."
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument(
@@ -189,6 +192,7 @@ def main(argv=None) -> dict:
             label_init="label_text",
             label_attention="isolated",
             label_positions="shared",
+            head_type=args.head_type,
             lora={"r": args.lora_r, "lora_alpha": args.lora_r, "target_modules": ["query", "value"]},
             init_seed=args.seed,
         )
@@ -333,7 +337,7 @@ def main(argv=None) -> dict:
                 args.new_label_learning_rate,
             )
         for key, value in model.state_dict().items():  # only the new rows (and the head, if asked) may have moved
-            if "label_tables." in key:
+            if "label_tables." in key or key.endswith(("label_bias", "label_weight")):  # per-label: rows follow
                 assert torch.equal(value[: len(seen)], frozen_state[key][: len(seen)]), "an old label's row moved"
             elif not (args.train_head and "heads." in key):
                 assert torch.equal(value, frozen_state[key]), f"{key} moved"
