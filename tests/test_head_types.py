@@ -129,7 +129,7 @@ def test_residual_logit_adds_each_labels_own_weight_vector(attention):
     assert (logits - head.score(hidden).squeeze(-1)).abs().max() > 0.1
 
 
-def test_residual_weights_follow_added_and_removed_labels_and_round_trip(tmp_path):
+def test_residual_weights_follow_added_and_removed_labels_and_round_trip(tmp_path, caplog):
     model, tokenizer = build_residual(label_attention="isolated", per_label_bias=True, lora={"r": 4})
     model.eval()
     head = model.heads["default"]
@@ -139,7 +139,9 @@ def test_residual_weights_follow_added_and_removed_labels_and_round_trip(tmp_pat
     batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
     before = model(**batch).logits
     trained = head.label_weight.detach().clone()
-    model.add_labels(["music"])
+    with caplog.at_level("WARNING", logger="labeltok_peft.label_set"):
+        model.add_labels(["music"])
+    assert "start at zero and rarely outscore them" in caplog.text and "train_only_labels" in caplog.text
     assert head.label_weight.shape[0] == len(LABELS) + 1
     assert torch.equal(head.label_weight[: len(LABELS)], trained) and not head.label_weight[-1].any()
     torch.testing.assert_close(model(**batch).logits[:, : len(LABELS)], before, atol=1e-5, rtol=0)
