@@ -7,12 +7,13 @@ from torch import nn
 
 
 class LabelHead(nn.Module):
-    """One `Linear(hidden, 1)` applied to every label token's output, plus optional per-label and tied terms.
+    """One `Linear(hidden, 1)` applied to every label token's output, plus optional per-label, residual and tied terms.
 
     The logit of label k with output `h_k` is `score(h_k)`, plus `label_bias[k]` with a per-label bias, plus
+    `label_weight[k] . h_k` with the residual head (`head_type="residual"`, the default), plus
     `tied_scale * cos(h_k, e_k)` with the tied head, where `e_k` is label k's own row of the label table: the row
-    that enters the backbone as the label's token is also the vector its output is compared with, so the head has
-    no parameter per label and a label added by name is scored like the others. The head always computes in fp32,
+    that enters the backbone as the label's token is also the vector its output is compared with, so the tied head
+    has no parameter per label. The head always computes in fp32,
     whatever the backbone's dtype, and is never quantized.
 
     Args:
