@@ -58,6 +58,7 @@ class HeadType(str, Enum):
     LINEAR = "linear"
     TIED = "tied"
     RESIDUAL = "residual"
+    COSINE = "cosine"
 
 
 def _coerce_enum(enum_cls: type[Enum], field_name: str, value: Any) -> Enum:
@@ -174,7 +175,9 @@ class LabelTokConfig:
             "brought label tokens level with PEFT LoRA SEQ_CLS under the fair protocol (BENCHMARKS.md, quality "
             "study). 'linear': the shared Linear only (no parameter per label in the head). 'tied': the shared Linear "
             "plus a learned scale times the cosine between each label's output and the label's own row of the table "
-            "(the row is the label's output vector too, as in language models with tied embeddings)."
+            "(the row is the label's output vector too, as in language models with tied embeddings). 'cosine': the "
+            "shared head normalised, a learned temperature times the cosine between each label's output and its "
+            "weight vector, plus its bias."
         },
     )
     lora: dict[str, Any] | None = field(

@@ -5,11 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+COSINE_SCALE_INIT = 10.0
+"""Initial temperature of the cosine head: logits start within +-10, enough for a softmax to separate labels."""
+
 
 class LabelHead(nn.Module):
     """One `Linear(hidden, 1)` applied to every label token's output, plus optional per-label, residual and tied terms.
 
-    The logit of label k with output `h_k` is `score(h_k)`, plus `label_bias[k]` with a per-label bias, plus
+    The logit of label k with output `h_k` is `score(h_k)` (with the cosine head, `cosine_scale * cos(h_k, w) + b`
+    instead, where `w` and `b` are the weight and bias of `score` and `cosine_scale` a learned temperature), plus `label_bias[k]` with a per-label bias, plus
     `label_weight[k] . h_k` with the residual head (`head_type="residual"`, the default), plus
     `tied_scale * cos(h_k, e_k)` with the tied head, where `e_k` is label k's own row of the label table: the row
     that enters the backbone as the label's token is also the vector its output is compared with, so the tied head
@@ -23,6 +27,8 @@ class LabelHead(nn.Module):
         tied: add the learned-scale cosine between each label's output and its table row.
         per_label_weight: add `label_weight[k] . h_k`, a weight vector per label that starts at zero (a residual on
             the shared head; a classifier row per label, as a sequence-classification head has).
+        cosine: normalise the shared term: `cosine_scale * cos(h_k, w) + b`, with `cosine_scale` learned from
+            `COSINE_SCALE_INIT`.
     """
 
     def __init__(
@@ -32,6 +38,7 @@ class LabelHead(nn.Module):
         per_label_bias: bool = False,
         tied: bool = False,
         per_label_weight: bool = False,
+        cosine: bool = False,
     ) -> None:
         super().__init__()
         self.score = nn.Linear(hidden_size, 1, dtype=torch.float32)
@@ -40,6 +47,7 @@ class LabelHead(nn.Module):
         self.label_weight = (
             nn.Parameter(torch.zeros(num_labels, hidden_size, dtype=torch.float32)) if per_label_weight else None
         )
+        self.cosine_scale = nn.Parameter(torch.full((), COSINE_SCALE_INIT, dtype=torch.float32)) if cosine else None
 
     def forward(
         self,
@@ -59,7 +67,11 @@ class LabelHead(nn.Module):
             `[batch, num_labels_in_chunk]` fp32 logits.
         """
         label_hidden = label_hidden.to(self.score.weight.dtype)
-        logits = self.score(label_hidden).squeeze(-1)
+        if self.cosine_scale is not None:
+            cosine = torch.cosine_similarity(label_hidden, self.score.weight[0], dim=-1)
+            logits = self.cosine_scale * cosine + self.score.bias
+        else:
+            logits = self.score(label_hidden).squeeze(-1)
         index = label_slice if label_slice is not None else slice(None)
         if self.label_bias is not None:
             logits = logits + self.label_bias[index]

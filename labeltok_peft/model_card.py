@@ -133,6 +133,7 @@ HEAD_TYPE_SUFFIX = {
     "linear": "",
     "tied": " plus a learned scale times the cosine with each label's own row (tied)",
     "residual": " plus a weight vector per label (residual)",
+    "cosine": ", normalised: a learned temperature times the cosine with its weight (cosine)",
 }
 
 

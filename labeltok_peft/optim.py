@@ -43,7 +43,8 @@ def adapter_parameter_groups(
         if "label_tables." in name:
             groups["labels"]["params"].append(parameter)
         elif "heads." in name:
-            no_decay = name.endswith(("bias", "label_weight"))  # per-label head rows decay no more than table rows
+            # per-label head rows decay no more than table rows; a temperature is not a weight to shrink
+            no_decay = name.endswith(("bias", "label_weight", "cosine_scale"))
             groups["head_no_decay" if no_decay else "head"]["params"].append(parameter)
         else:
             groups["lora"]["params"].append(parameter)

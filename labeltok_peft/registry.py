@@ -65,13 +65,14 @@ def _forgive_backbone_keys(model, incompatible_keys) -> None:
 
 
 def new_head(hidden_size: int, config: LabelTokConfig) -> LabelHead:
-    """A freshly initialised `LabelHead` with the terms `config` asks for (per-label bias, tied, residual)."""
+    """A freshly initialised `LabelHead` with the terms `config` asks for (per-label bias, tied, residual, cosine)."""
     return LabelHead(
         hidden_size,
         config.num_labels,
         config.per_label_bias,
         tied=config.head_type == HeadType.TIED,
         per_label_weight=config.head_type == HeadType.RESIDUAL,
+        cosine=config.head_type == HeadType.COSINE,
     )
 
 

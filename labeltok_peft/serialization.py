@@ -8,6 +8,8 @@ labeltok_config.json            format version, library version, LabelTokConfig,
 labeltok_adapter.safetensors    label_table [num_labels, hidden], head.score.weight [1, hidden], head.score.bias [1],
                                 head.label_bias [num_labels] (only with per_label_bias)
                                 head.tied_scale [] (only with head_type="tied")
+                                head.label_weight [num_labels, hidden] (only with head_type="residual")
+                                head.cosine_scale [] (only with head_type="cosine")
 lora/adapter_config.json        only for adapters with LoRA: PEFT's own format, so
 lora/adapter_model.safetensors  `peft.PeftModel.from_pretrained(backbone, "<folder>/lora")` loads it alone
 README.md                       generated model card (free to edit: not part of the integrity check)
@@ -111,6 +113,8 @@ def expected_tensor_shapes(config: LabelTokConfig, hidden_size: int) -> dict[str
         shapes["head.tied_scale"] = ()
     if config.head_type == HeadType.RESIDUAL:
         shapes["head.label_weight"] = (config.num_labels, hidden_size)
+    if config.head_type == HeadType.COSINE:
+        shapes["head.cosine_scale"] = ()
     return shapes
 
 

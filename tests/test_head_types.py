@@ -1,4 +1,4 @@
-"""Head variants: the tied head (a label's own table row is also its output vector) and the residual head."""
+"""Head variants: the tied head (a label's own table row is also its output vector), the residual head, the cosine head."""
 
 from __future__ import annotations
 
@@ -92,8 +92,8 @@ def test_added_label_is_scored_with_its_own_row():
 
 
 def test_unknown_head_type_names_the_choices():
-    with pytest.raises(ValueError, match="head_type must be one of 'linear', 'tied'"):
-        LabelTokConfig(labels=LABELS, head_type="cosine")
+    with pytest.raises(ValueError, match="head_type must be one of 'linear', 'tied', 'residual', 'cosine'"):
+        LabelTokConfig(labels=LABELS, head_type="angular")
 
 
 def build_residual(**config_kwargs) -> tuple[LabelTokModel, object]:
@@ -172,3 +172,51 @@ def test_train_only_labels_masks_the_other_labels_weight_vectors():
             optimizer.zero_grad()
     assert torch.equal(head.label_weight[: len(LABELS)], before[: len(LABELS)])
     assert head.label_weight[-1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("attention", ["full", "isolated"])
+def test_cosine_logit_is_learned_temperature_times_cosine_plus_bias(attention):
+    """The cosine head ignores the norm of a label's output: logits equal scale * cos(h_k, w) + b, by hand."""
+    tokenizer = tokenizer_for("bert")
+    config = LabelTokConfig(labels=LABELS, head_type="cosine", label_attention=attention, label_init="random")
+    model = get_labeltok_model(tiny_backbone("bert"), config, tokenizer=tokenizer)
+    model.eval()
+    head = model.heads["default"]
+    assert float(head.cosine_scale.detach()) == 10.0
+    with torch.no_grad():
+        head.cosine_scale.fill_(4.0)
+        head.score.bias.fill_(0.5)
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits
+    hidden = label_outputs(model, batch)
+    weight = head.score.weight[0]
+    expected = 4.0 * (hidden @ weight) / (hidden.norm(dim=-1) * weight.norm()) + 0.5
+    torch.testing.assert_close(logits, expected.detach(), atol=1e-5, rtol=0)
+    assert (logits - head.score(hidden).squeeze(-1)).abs().max() > 0.1  # not the plain linear head
+
+
+def test_cosine_scale_learns_without_decay_and_round_trips(tmp_path):
+    from labeltok_peft.optim import create_optimizer
+
+    tokenizer = tokenizer_for("bert")
+    config = LabelTokConfig(labels=LABELS, head_type="cosine", label_attention="isolated", lora={"r": 4})
+    model = get_labeltok_model(tiny_backbone("bert"), config, tokenizer=tokenizer)
+    head = model.heads["default"]
+    optimizer = create_optimizer(model, learning_rate=1e-3, label_learning_rate=1e-2, weight_decay=0.1)
+    decayed = {id(p) for group in optimizer.param_groups if group["weight_decay"] > 0 for p in group["params"]}
+    assert id(head.cosine_scale) not in decayed and id(head.score.weight) in decayed
+    batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"), labels=torch.tensor([0, 1, 2, 3]))
+    model.train()
+    model(**batch).loss.backward()
+    assert head.cosine_scale.grad is not None and head.cosine_scale.grad.abs() > 0
+    optimizer.step()
+    model.eval()
+    expected = model(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
+    model.save_pretrained(tmp_path / "cosine")
+    loaded = LabelTokModel.from_pretrained(tiny_backbone("bert"), tmp_path / "cosine")
+    loaded.eval()
+    assert loaded.labeltok_config.head_type.value == "cosine"
+    assert float(loaded.heads["default"].cosine_scale.detach()) == float(head.cosine_scale.detach())
+    torch.testing.assert_close(loaded(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits, expected)
+    assert "learned temperature times the cosine" in (tmp_path / "cosine" / "README.md").read_text()
