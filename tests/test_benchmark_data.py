@@ -13,6 +13,7 @@ import pytest
 
 from labeltok_peft import LabelTokConfig, encode_label
 from recipes.benchmarks import wordnet
+from recipes.benchmarks.benchmark_common import dataset_label_descriptions, parse_method
 from recipes.benchmarks.wordnet import (
     NounSynset,
     hypernym_ancestors_at_depth,
@@ -299,6 +300,13 @@ def test_lexname_descriptions_drop_the_prefix_and_skip_other_lines(tmp_path: Pat
     empty.write_bytes(gzip.compress(b"nothing here\n"))
     with pytest.raises(ValueError, match="no noun class lines"):
         read_lexname_descriptions(empty)
+
+
+def test_desc_is_a_labeltok_benchmark_option_for_lexnames_only():
+    """`labeltok:desc=1` parses (a method spec with an unknown option is refused before anything runs)."""
+    assert parse_method("labeltok:head=residual:desc=1") == ("labeltok", {"head": "residual", "desc": "1"})
+    with pytest.raises(ValueError, match="for wordnet_lexnames only"):
+        dataset_label_descriptions("bbc_news")
 
 
 @pytest.mark.integration

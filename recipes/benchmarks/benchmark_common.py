@@ -52,6 +52,7 @@ METHOD_OPTIONS = {
         "head",
         "bias",
         "targets",
+        "desc",
     },
     "setfit": {"iterations", "epochs", "body_lr", "batch"},
 }
