@@ -176,8 +176,8 @@ class LabelTokConfig:
             "study). 'linear': the shared Linear only (no parameter per label in the head). 'tied': the shared Linear "
             "plus a learned scale times the cosine between each label's output and the label's own row of the table "
             "(the row is the label's output vector too, as in language models with tied embeddings). 'cosine': the "
-            "shared head normalised, a learned temperature times the cosine between each label's output and its "
-            "weight vector, plus its bias."
+            "shared head normalised, a learned temperature times the cosine between each label's output and the "
+            "shared weight vector, plus its bias (measured below 'linear' on lexnames: 0.692 vs 0.711)."
         },
     )
     lora: dict[str, Any] | None = field(

@@ -12,13 +12,13 @@ COSINE_SCALE_INIT = 10.0
 class LabelHead(nn.Module):
     """One `Linear(hidden, 1)` applied to every label token's output, plus optional per-label, residual and tied terms.
 
-    The logit of label k with output `h_k` is `score(h_k)` (with the cosine head, `cosine_scale * cos(h_k, w) + b`
-    instead, where `w` and `b` are the weight and bias of `score` and `cosine_scale` a learned temperature), plus `label_bias[k]` with a per-label bias, plus
-    `label_weight[k] . h_k` with the residual head (`head_type="residual"`, the default), plus
-    `tied_scale * cos(h_k, e_k)` with the tied head, where `e_k` is label k's own row of the label table: the row
-    that enters the backbone as the label's token is also the vector its output is compared with, so the tied head
-    has no parameter per label. The head always computes in fp32,
-    whatever the backbone's dtype, and is never quantized.
+    The logit of label k with output `h_k` is `score(h_k)` (with the cosine head `cosine_scale * cos(h_k, w) + b`
+    instead, where `w` and `b` are the weight and bias of `score` and `cosine_scale` a learned temperature), plus
+    `label_bias[k]` with a per-label bias, plus `label_weight[k] . h_k` with the residual head
+    (`head_type="residual"`, the default), plus `tied_scale * cos(h_k, e_k)` with the tied head, where `e_k` is label
+    k's own row of the label table: the row that enters the backbone as the label's token is also the vector its
+    output is compared with, so the tied head has no parameter per label. The head always computes in fp32, whatever
+    the backbone's dtype, and is never quantized.
 
     Args:
         hidden_size: width of the backbone's hidden states.
