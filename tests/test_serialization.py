@@ -11,7 +11,7 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
-from tiny_models import tiny_backbone, tokenizer_for
+from tiny_models import optimize_on_batch, tiny_backbone, tokenizer_for
 from transformers import BertConfig, BertModel
 
 from labeltok_peft import LabelTokConfig, LabelTokModel, get_labeltok_model
@@ -36,12 +36,7 @@ def train_a_little(model: LabelTokModel, family: str, steps: int = 2) -> None:
         labels = torch.nn.functional.one_hot(labels, model.labeltok_config.num_labels).float()
     batch = dict(tokenizer(family)(TEXTS, padding=True, return_tensors="pt"), labels=labels)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
-    model.train()
-    for _ in range(steps):
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
+    optimize_on_batch(model, batch, optimizer, steps)
 
 
 def trained(family: str = "bert", labels: list[str] = LABELS, **config_kwargs) -> LabelTokModel:

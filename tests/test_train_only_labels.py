@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import tiny_backbone, tokenizer_for
+from tiny_models import optimize_on_batch, tiny_backbone, tokenizer_for
 
 from labeltok_peft import LabelTokConfig, get_labeltok_model
 from labeltok_peft.optim import create_optimizer
@@ -23,12 +23,7 @@ CASES = {
 
 def train_steps(model, tokenizer, optimizer, steps: int = 3, labels: torch.Tensor = TARGETS) -> None:
     batch = dict(tokenizer(TEXTS, padding=True, return_tensors="pt"), labels=labels)
-    model.train()
-    for _ in range(steps):
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
+    optimize_on_batch(model, batch, optimizer, steps)
 
 
 def trained_with_new_labels(**config_kwargs):

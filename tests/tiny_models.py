@@ -1,4 +1,4 @@
-"""Tiny real backbones built from configs, and a tiny real tokenizer, shared by the unit tests."""
+"""Tiny real backbones built from configs, a tiny real tokenizer and a few training steps, shared by the unit tests."""
 
 from __future__ import annotations
 
@@ -93,3 +93,13 @@ DECODERS = ["llama", "qwen2", "gpt2"]
 
 def tokenizer_for(family: str) -> PreTrainedTokenizerFast:
     return make_tokenizer(encoder=family in ENCODERS)
+
+
+def optimize_on_batch(model: torch.nn.Module, batch: dict, optimizer: torch.optim.Optimizer, steps: int) -> None:
+    """Runs `steps` optimizer steps on one batch in train mode, then leaves the model in eval mode."""
+    model.train()
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
