@@ -15,9 +15,9 @@ Whether the trained adapter then scores the new label well is a question of tran
   the shared head alone until its own weights are trained;
 - every check (names, descriptions, the position budget, the new rows) runs before the model changes, so a failed
   call leaves the model bitwise as it was;
-- the label table stays one `nn.Parameter`, replaced by a new one with the same `requires_grad` (and so is the
-  per-label head parameters). An optimizer built before the call still holds the old Parameter: build a new optimizer (a new
-  `Trainer`) after changing the label set. A `Trainer` checkpoint of the old label set no longer resumes into the
+- the label table stays one `nn.Parameter`, replaced by a new one with the same `requires_grad` (and so are the
+  per-label head parameters). An optimizer built before the call still holds the old Parameter: build a new
+  optimizer (a new `Trainer`) after changing the label set. A `Trainer` checkpoint of the old label set no longer resumes into the
   model (its fingerprint lists the labels), and multi-label thresholds tuned for the old label set no longer apply.
 
 `train_only_labels` then fine-tunes the new rows alone on a few examples: every other parameter is frozen and a
