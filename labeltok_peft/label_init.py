@@ -16,7 +16,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .config import LabelInit, LabelTokConfig
+from .config import AUTO, LabelInit, LabelTokConfig
 from .late_injection import layer_input, num_layers
 
 
@@ -101,7 +101,8 @@ def initial_label_table(
     """Computes the starting label table.
 
     Args:
-        config: the adapter config (labels, `label_init`, optional `label_descriptions`, `init_seed`, `label_layers`).
+        config: the adapter config (labels, `label_init`, optional `label_descriptions`, `init_seed`, `label_layers`),
+            resolved for the backbone (`LabelTokModel` resolves `label_layers='auto'` before it calls this).
         embeddings: the backbone's input embedding module (`backbone.get_input_embeddings()`).
         tokenizer: the backbone's tokenizer; needed by the 'label_text' and 'cls' initialisations.
         backbone: the backbone as the model calls it; needed by 'label_text' with late injection (`label_layers`
@@ -113,6 +114,11 @@ def initial_label_table(
     weight = embeddings.weight
     num_labels, hidden = config.num_labels, weight.shape[1]
     init = config.label_init
+    if init == LabelInit.LABEL_TEXT and config.label_layers == AUTO:
+        raise ValueError(
+            "initial_label_table needs label_layers resolved for the backbone (where label rows enter depends on "
+            "it), got 'auto': pass config.resolve_modes(...) or a concrete label_layers (None for every layer)."
+        )
     if init in (LabelInit.LABEL_TEXT, LabelInit.CLS) and tokenizer is None:
         raise ValueError(
             f"label_init={init.value!r} needs the backbone's tokenizer: pass tokenizer=... to get_labeltok_model, "

@@ -151,7 +151,8 @@ def _adapter_section(info: ModelCardInfo) -> list[str]:
         + (" plus a bias per label" if config.per_label_bias else "")
         + HEAD_TYPE_SUFFIX[config.head_type.value],
         f"- placement: `{config.placement.value}`, label attention: `{config.label_attention.value}`, "
-        f"label positions: `{config.label_positions.value}`",
+        f"label positions: `{config.label_positions.value}`, label layers: "
+        + ("every layer" if config.label_layers is None else f"the last {config.label_layers} (late injection)"),
         f"- LoRA: {lora}",
         f"- saved by labeltok-peft {info.library_version} as adapter `{info.adapter_name}`; files are safetensors and "
         "JSON only (no pickle)",

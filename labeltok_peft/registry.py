@@ -42,6 +42,7 @@ from .head import LabelHead
 from .hub import resolve_adapter_source, upload_adapter_folder
 from .label_init import initial_label_table
 from .label_pass import LABEL_PASS_KERNELS
+from .late_injection import find_layer_list, num_layers
 from .serialization import (
     AdapterFormatError,
     AdapterPayload,
@@ -89,15 +90,33 @@ class AdapterRegistry:
         return BackboneFingerprint.of(self.base_model, self.backbone_info)
 
     def _resolve_modes(self, config: LabelTokConfig) -> LabelTokConfig:
-        """The config with `auto` attention and positions made concrete for this backbone (what gets saved).
+        """The config with `auto` attention, positions and label layers made concrete for this backbone (what gets saved).
 
         `auto` is isolated attention where the backbone takes it: not on DeBERTa (no custom 4D mask) and not on an
         attention kernel the label pass cannot reproduce (flash or flex attention), where it is full attention.
+        `label_layers='auto'` is late injection into the last layer on encoders where it runs, else every layer.
         """
         info = self.backbone_info
         kernel = getattr(self.base_model.config, "_attn_implementation", None) or "eager"
         supports_isolated = info.supports_custom_4d_mask and kernel in LABEL_PASS_KERNELS
-        return config.resolve_modes(supports_isolated, info.accepts_position_ids)
+        return config.resolve_modes(supports_isolated, info.accepts_position_ids, self._late_injection_by_default())
+
+    def _late_injection_by_default(self) -> bool:
+        """Whether `label_layers='auto'` injects late here: an encoder with one plain layer stack of two or more layers.
+
+        Causal decoders keep every layer: on SmolLM2-135M (30 layers) labels in the last layer(s) barely learned in a
+        few steps where labels in every layer did, and no decoder has been measured on real data with late injection.
+        """
+        if self.backbone_info.is_causal:
+            return False
+        depth = num_layers(self.base_model)
+        if depth is None or depth < 2:
+            return False
+        try:
+            find_layer_list(self.base_model)
+        except ValueError:
+            return False
+        return True
 
     def _require_adapter(self, adapter_name: str) -> None:
         if adapter_name not in self.labeltok_configs:

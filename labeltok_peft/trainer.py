@@ -40,7 +40,7 @@ class LabelTokTrainer(Trainer):
 
     Args:
         label_learning_rate: learning rate of the label table; `None` uses `args.learning_rate`.
-        head_learning_rate: learning rate of the head; `None` uses `args.learning_rate`.
+        head_learning_rate: learning rate of the head; `None` uses the label table's rate.
         *args, **kwargs: as for `transformers.Trainer`.
     """
 

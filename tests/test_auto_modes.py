@@ -1,4 +1,5 @@
-"""The default label attention and positions, `auto`: resolved per backbone when the adapter is added, and saved so."""
+"""The default label attention, positions and label layers, `auto`: resolved per backbone when the adapter is added,
+and saved so."""
 
 from __future__ import annotations
 
@@ -96,3 +97,41 @@ def test_auto_falls_back_to_full_attention_on_kernels_the_label_pass_cannot_repr
     backbone.config._attn_implementation = kernel
     with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
         get_labeltok_model(backbone, LabelTokConfig(labels=LABELS, label_init="random", label_attention="isolated"))
+
+
+# ---------------------------------------------------------------------------------------------- label_layers='auto'
+
+
+@pytest.mark.parametrize(
+    ("family", "kwargs", "expected"),
+    [
+        ("bert", {}, 1),  # an encoder that takes the label pass: labels in the last layer
+        ("bert", dict(label_attention="isolated"), 1),
+        ("bert", dict(label_attention="full"), None),  # full attention runs labels through every layer
+        ("llama", {}, None),  # causal decoders keep every layer (late injection not measured there)
+        ("deberta-v2", {}, None),  # no isolated attention, so no late injection
+    ],
+)
+def test_auto_label_layers_resolve_per_backbone(family, kwargs, expected):
+    assert LabelTokConfig(labels=LABELS).label_layers == "auto"
+    assert build(family, **kwargs).labeltok_config.label_layers == expected
+
+
+def test_auto_label_layers_are_saved_resolved_and_old_configs_read_as_every_layer(tmp_path):
+    model = get_labeltok_model(tiny_backbone("bert"), LabelTokConfig(labels=LABELS), tokenizer=tokenizer_for("bert"))
+    model.save_pretrained(tmp_path / "late")
+    saved = json.loads((tmp_path / "late" / "labeltok_config.json").read_text())["labeltok_config"]
+    assert saved["label_layers"] == 1
+    assert "label layers: the last 1 (late injection)" in (tmp_path / "late" / "README.md").read_text()
+    loaded = LabelTokModel.from_pretrained(tiny_backbone("bert"), tmp_path / "late")
+    assert loaded.labeltok_config.label_layers == 1
+    del saved["label_layers"]  # a config written before label_layers existed ran labels through every layer
+    assert LabelTokConfig.from_dict(saved).label_layers is None
+
+
+def test_initial_rows_need_a_resolved_label_layers():
+    from labeltok_peft.label_init import initial_label_table
+
+    backbone = tiny_backbone("bert")
+    with pytest.raises(ValueError, match="label_layers resolved for the backbone"):
+        initial_label_table(LabelTokConfig(labels=LABELS), backbone.get_input_embeddings(), tokenizer_for("bert"))

@@ -173,8 +173,9 @@ def test_decoder_without_pad_token_is_handled():
     predictions = model.predict(texts)  # one padded batch
     alone = [model.predict(text) for text in texts]  # no padding at all
     for padded, single in zip(predictions, alone, strict=True):
-        assert padded["label"] == single["label"]
         assert padded["scores"] == pytest.approx(single["scores"], abs=1e-5)
+        # labels whose text the tiny vocabulary cannot spell tie exactly: the padded winner is one of the top scores
+        assert single["scores"][padded["label"]] == pytest.approx(max(single["scores"].values()), abs=1e-5)
 
 
 def test_label_text_init_without_tokenizer():

@@ -3,7 +3,9 @@
 
 Same global batch in every run (16 = 1 x 16 = 2 x 8), a dropout-free backbone and one seed, so each run computes the
 same training; only the order of floating-point reductions differs. Tolerances: accuracy and F1 within 0.05
-(two of the 40 validation rows), losses within 2% (relative).
+(two of the 40 validation rows), losses within 2% (relative). The head trains at the LoRA rate here: at the label
+table's rate (the default, 10x larger) the rounding differences grow to 2.5% of the training loss on this tiny
+backbone while the evaluation still matches.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def recipe_args(workspace: Path, output_dir: Path, processes: int) -> list[str]:
         "--validation_file", str(workspace / "dev.csv"), "--output_dir", str(output_dir),
         "--num_train_epochs", "2", "--per_device_train_batch_size", str(GLOBAL_BATCH // processes),
         "--lora_r", "4", "--learning_rate", "5e-3", "--save_strategy", "no", "--disable_tqdm", "true",
-        "--seed", "7",
+        "--seed", "7", "--head_learning_rate", "5e-3",
     ]  # fmt: skip
 
 

@@ -220,3 +220,15 @@ def test_cosine_scale_learns_without_decay_and_round_trips(tmp_path):
     assert float(loaded.heads["default"].cosine_scale.detach()) == float(head.cosine_scale.detach())
     torch.testing.assert_close(loaded(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits, expected)
     assert "learned temperature times the cosine" in (tmp_path / "cosine" / "README.md").read_text()
+
+
+def test_head_learns_at_the_label_rate_unless_told_otherwise():
+    from labeltok_peft.optim import adapter_parameter_groups
+
+    config = LabelTokConfig(labels=LABELS, lora={"r": 4})
+    model = get_labeltok_model(tiny_backbone("bert"), config, tokenizer=tokenizer_for("bert"))
+    rates = {group["name"]: group["lr"] for group in adapter_parameter_groups(model, 1e-3, label_learning_rate=5e-2)}
+    assert rates["lora"] == 1e-3 and rates["labels"] == 5e-2
+    assert rates["head"] == rates["head_no_decay"] == 5e-2  # the task's new parameters share one rate
+    told = adapter_parameter_groups(model, 1e-3, label_learning_rate=5e-2, head_learning_rate=2e-2)
+    assert {group["name"]: group["lr"] for group in told}["head"] == 2e-2

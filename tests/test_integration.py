@@ -44,7 +44,7 @@ def test_minilm_learns_bbc_news_slice(tmp_path):
     args = TrainingArguments(
         output_dir=str(tmp_path),
         per_device_train_batch_size=16,
-        num_train_epochs=2,
+        num_train_epochs=4,
         learning_rate=5e-4,
         warmup_steps=0.1,
         save_strategy="no",
@@ -65,9 +65,10 @@ def test_minilm_learns_bbc_news_slice(tmp_path):
     )
     trainer.train()
     metrics = trainer.evaluate()
-    # Measured 0.85 on this slice (2026-11-30, torch 2.13, transformers 5.24); chance is 0.2. The tolerance covers
-    # kernel differences between versions, not a broken adapter.
-    assert metrics["eval_accuracy"] == pytest.approx(0.85, abs=0.07), metrics
+    # Measured 0.875 on this slice with the defaults of 2026-12-01 (labels in the last layer, head at the table's rate;
+    # 40 steps: at 20 steps they reach 0.65, labels in every layer 0.85); chance is 0.2. The tolerance covers kernel
+    # differences between versions, not a broken adapter.
+    assert metrics["eval_accuracy"] == pytest.approx(0.875, abs=0.07), metrics
     prediction = model.predict("The striker scored twice as the club won the cup final.")
     assert prediction["label"] == "sports", prediction
 

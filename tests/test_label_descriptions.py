@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -121,10 +122,11 @@ def test_train_stores_descriptions_and_starts_rows_from_them(workspace, tmp_path
     assert model.labeltok_config.label_descriptions == DESCRIPTIONS
     # The label table trained at rate 0, so it still holds its init: from the descriptions, not the names.
     embeddings = model.base_model.get_input_embeddings()
-    described = initial_label_table(
-        LabelTokConfig(labels=LABELS, label_descriptions=DESCRIPTIONS), embeddings, tokenizer
+    config = model.labeltok_config  # resolved for this backbone: rows may be input embeddings or layer states
+    described = initial_label_table(config, embeddings, tokenizer, model.backbone)
+    named = initial_label_table(
+        dataclasses.replace(config, label_descriptions=None), embeddings, tokenizer, model.backbone
     )
-    named = initial_label_table(LabelTokConfig(labels=LABELS), embeddings, tokenizer)
     table = model.label_tables["default"].detach()
     assert torch.equal(table, described) and not torch.equal(table, named)
     card = (tmp_path / "out" / "README.md").read_text()

@@ -11,6 +11,8 @@ LABELS = ["team", "bank profit", "film"]
 
 
 def build(init: str, **kwargs):
+    """Labels through every layer, so rows are input embeddings (late-injection rows: test_late_injection.py)."""
+    kwargs.setdefault("label_layers", None)
     tokenizer = tokenizer_for("bert")
     backbone = tiny_backbone("bert")
     model = get_labeltok_model(backbone, LabelTokConfig(labels=LABELS, label_init=init, **kwargs), tokenizer=tokenizer)

@@ -65,7 +65,9 @@ LABELS = ["a", "b", "c", "d", "e"]
 
 
 def build(backbone: torch.nn.Module, lora: dict | None = LORA, **kwargs) -> LabelTokModel:
+    """Isolated labels through every layer (the exact label pass that must equal the spliced path)."""
     torch.manual_seed(0)
+    kwargs.setdefault("label_layers", None)
     config = LabelTokConfig(labels=LABELS, label_init="random", label_attention="isolated", lora=lora, **kwargs)
     return get_labeltok_model(backbone.eval(), config)
 

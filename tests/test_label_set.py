@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -87,9 +88,11 @@ def test_new_rows_are_what_the_init_gives_those_labels(label_init):
     assert torch.equal(table[:4], old_table)  # trained rows kept bitwise
     assert torch.equal(table[4:], expected[4:])
     if label_init == "label_text":  # rows are per label: the same as for a config of the new labels alone
-        alone = LabelTokConfig(labels=NEW, label_descriptions={"election": "vote party government"})
-        assert torch.equal(table[4:], initial_label_table(alone, model.base_model.get_input_embeddings(), tokenizer))
-        assert not torch.equal(table[5], initial_label_table(LabelTokConfig(labels=NEW), model.base_model.get_input_embeddings(), tokenizer)[1])  # fmt: skip
+        embeddings = model.base_model.get_input_embeddings()
+        alone = dataclasses.replace(config, labels=NEW, label_descriptions={"election": "vote party government"})
+        assert torch.equal(table[4:], initial_label_table(alone, embeddings, tokenizer, model.backbone))
+        named = dataclasses.replace(config, labels=NEW, label_descriptions=None)
+        assert not torch.equal(table[5], initial_label_table(named, embeddings, tokenizer, model.backbone)[1])
     head = model.heads["default"].state_dict()
     assert torch.equal(head["score.weight"], old_head["score.weight"]) and torch.equal(head["score.bias"], old_head["score.bias"])  # fmt: skip
     old_bias = old_head["label_bias"]
@@ -106,7 +109,9 @@ def test_late_injection_rows_start_from_the_layer_hidden_states():
     embeddings = model.base_model.get_input_embeddings()
     expected = initial_label_table(model.labeltok_config, embeddings, tokenizer, model.backbone)
     assert torch.equal(model.label_tables["default"].detach()[4:], expected[4:])
-    plain = initial_label_table(LabelTokConfig(labels=NEW), embeddings, tokenizer)  # input-embedding rows
+    plain = initial_label_table(
+        LabelTokConfig(labels=NEW, label_layers=None), embeddings, tokenizer
+    )  # input-embedding rows
     assert not torch.allclose(expected[4:], plain, atol=1e-3)
     torch.testing.assert_close(logits(model, tokenizer)[:, :4], before, atol=0, rtol=0)
 

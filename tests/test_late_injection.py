@@ -173,7 +173,7 @@ def test_a_checkpoint_of_rows_for_another_layer_is_refused():
     """Label rows trained to enter at the last layer mean nothing at the input: resuming such a state dict into a
     full-depth adapter (same labels, same shapes) is refused instead of silently loaded."""
     late = build(BACKBONES["bert"](), label_layers=1)
-    full = build(BACKBONES["bert"]())
+    full = build(BACKBONES["bert"](), label_layers=None)
     with pytest.raises(ValueError, match="label_layers"):
         full.load_state_dict(late.state_dict())
-    full.load_state_dict(build(BACKBONES["bert"]()).state_dict())  # the same setting loads
+    full.load_state_dict(build(BACKBONES["bert"](), label_layers=None).state_dict())  # the same setting loads

@@ -171,8 +171,9 @@ def test_adapter_weights_stay_full_precision(checkpoints, precision):
     assert eval_output(model, make_batch(model)).logits.dtype == torch.float32
 
 
-# Attention-block calls per layer in one forward: full attention runs the spliced sequence once; the label pass
-# (isolated, what 'auto' gives BERT and Llama) runs the text pass and then the label call.
+# Attention-block calls of the last layer in one forward: full attention runs the spliced sequence once; the label
+# pass (isolated, what 'auto' gives BERT and Llama, with late injection into that last layer) runs the text pass and
+# then the label call.
 FORWARD_CALLS = {"full": 1, "isolated": 2}
 
 
@@ -202,8 +203,8 @@ def test_gradient_checkpointing_with_frozen_kbit_backbone(checkpoints, family, a
     assert resolved == ("isolated" if attention == "auto" else attention)
     # Layer forwards are checkpointed inside the layer, and recomputation stops as soon as the saved tensors it
     # needs exist: a pre-hook on the layer's attention block sees both the forward pass and the recomputation.
-    first_layer = model.base_model.encoder.layer[0] if family == "bert" else model.base_model.layers[0]
-    attention_block = first_layer.attention if family == "bert" else first_layer.self_attn
+    last_layer = model.base_model.encoder.layer[-1] if family == "bert" else model.base_model.layers[-1]
+    attention_block = last_layer.attention if family == "bert" else last_layer.self_attn
     calls = []
     hook = attention_block.register_forward_pre_hook(lambda *args: calls.append(1))
     with warnings.catch_warnings(record=True) as caught:

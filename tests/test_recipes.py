@@ -425,3 +425,24 @@ def test_late_injection_and_sampled_labels_from_the_command_line(workspace, tmp_
     scores = json.loads((tmp_path / "p" / "predictions.jsonl").read_text())["scores"]
     assert len(scores) == 40
     assert run(*train_args(workspace, tmp_path / "bad", "--label_layers", "0")) == 1
+    assert run(*train_args(workspace, tmp_path / "bad", "--label_layers", "last")) == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"), [([], 1), (["--label_layers", "all"], None), (["--label_layers", "2"], 2)]
+)
+def test_label_layers_default_to_auto_and_all_means_every_layer(workspace, tmp_path, flag, expected):
+    """By default the tiny BERT encoder gets late injection into its last layer; 'all' runs labels through both."""
+    out = tmp_path / "layers"
+    assert run(*train_args(workspace, out, "--max_steps", "1", *flag)) == 0
+    assert read_json(out / "labeltok_config.json")["labeltok_config"]["label_layers"] == expected
+
+
+@pytest.mark.parametrize("name", ["bbc_news.yaml", "few_shot.yaml"])
+def test_shipped_configs_parse(name):
+    config = Path(__file__).resolve().parents[1] / "recipes" / "configs" / name
+    _, data_args, labeltok_args, training_args = parse_recipe_args(TRAIN_ARGUMENTS, ["--config", str(config)])
+    assert data_args.dataset_name == "bbc_news" and training_args.num_train_epochs >= 1
+    # the main job takes the library's default (late injection where it runs); few shots keep labels in every layer
+    assert labeltok_args.label_layers_value() == ("auto" if name == "bbc_news.yaml" else None)
+    assert labeltok_args.head_learning_rate is None  # the head learns at the label table's rate

@@ -36,13 +36,16 @@ def topic_dataset(rows_per_label: int, seed: int) -> datasets.Dataset:
 # default, 'auto' (isolated attention, shared positions on these backbones), measured again with the same code: the
 # decoders learn at the same settings (llama 1.0, qwen2 0.97); the tiny random BERT learns more slowly in isolation
 # (0.28 at those settings, 0.41 at lr 3e-2 / label lr 5e-2), and reaches 1.0 at 40 epochs, lr 3e-2, label lr 5e-2.
+# Since 2026-12-01 'auto' puts BERT's labels in its last layer only and the head learns at the label rate: 0.84 at
+# those settings (1.0 with labels in every layer or with the head at the LoRA rate; a tiny random backbone), and BERT
+# with full attention 0.875 (0.72 with the head at the LoRA rate).
 FULL = dict(label_attention="full", label_positions="sequential")
 SLOW_BERT = dict(epochs=40, learning_rate=3e-2, label_learning_rate=5e-2)
 TRAINING_CASES = {
-    ("bert", "full"): (FULL, {}, 0.72),
+    ("bert", "full"): (FULL, {}, 0.875),
     ("llama", "full"): (FULL, {}, 0.97),
     ("qwen2", "full"): (FULL, {}, 1.0),
-    ("bert", "auto"): ({}, SLOW_BERT, 1.0),
+    ("bert", "auto"): ({}, SLOW_BERT, 0.84),
     ("llama", "auto"): ({}, {}, 1.0),
     ("qwen2", "auto"): ({}, {}, 0.97),
 }

@@ -193,11 +193,12 @@ class LabelTokArguments:
         default=None,
         metadata={"help": "With isolated attention, score at most this many labels per label call (one text pass)."},
     )
-    label_layers: int | None = field(
-        default=None,
+    label_layers: str = field(
+        default="auto",
         metadata={
             "help": "With isolated attention, labels join only the last N layers (late injection: cheaper, a "
-            "different model). Default: all layers."
+            "different model). 'auto' (default): the last layer where the backbone takes late injection, else all; "
+            "'all': every layer; or a number N."
         },
     )
     label_sample_size: int | None = field(
@@ -229,20 +230,36 @@ class LabelTokArguments:
         metadata={"help": "Learning rate of the label table (label rows learn best with a large rate)."},
     )
     head_learning_rate: float | None = field(
-        default=None, metadata={"help": "Learning rate of the head. Default: --learning_rate."}
+        default=None, metadata={"help": "Learning rate of the head. Default: --label_learning_rate."}
     )
 
     def __post_init__(self) -> None:
         for name in ("label_learning_rate", "head_learning_rate"):
             _require_learning_rate(f"--{name}", getattr(self, name))
-        for name in ("label_chunk_size", "label_layers", "label_sample_size"):
+        for name in ("label_chunk_size", "label_sample_size"):
             if getattr(self, name) is not None:
                 _require_positive_int(f"--{name}", getattr(self, name))
+        self.label_layers_value()  # refuses a malformed --label_layers before anything loads
         if self.label_descriptions is not None and not isinstance(self.label_descriptions, (str, dict)):
             raise ValueError(
                 "--label_descriptions must be a file path (or, in a --config file, a mapping of label to description); "
                 f"got {type(self.label_descriptions).__name__}."
             )
+
+    def label_layers_value(self) -> int | str | None:
+        """`LabelTokConfig.label_layers` from `--label_layers`: 'auto', None for 'all', or a positive integer."""
+        value = self.label_layers
+        if value is None:  # `label_layers: null` in a --config file
+            return None
+        if isinstance(value, str) and value.strip().lower() in ("auto", "all"):
+            return "auto" if value.strip().lower() == "auto" else None
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if isinstance(value, bool) or number < 1 or str(number) != str(value).strip():
+            raise ValueError(f"--label_layers must be 'auto', 'all' or a positive integer; got {value!r}.")
+        return number
 
     def lora_kwargs(self) -> dict[str, Any] | None:
         """`peft.LoraConfig` keyword arguments, or `None` when `lora_r` is 0."""

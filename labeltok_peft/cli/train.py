@@ -152,7 +152,7 @@ def _train(model_args, data_args, labeltok_args, training_args, output_dir: Path
         label_attention=labeltok_args.label_attention,
         label_positions=labeltok_args.label_positions,
         label_chunk_size=labeltok_args.label_chunk_size,
-        label_layers=labeltok_args.label_layers,
+        label_layers=labeltok_args.label_layers_value(),
         label_sample_size=labeltok_args.label_sample_size,
         per_label_bias=labeltok_args.per_label_bias,
         head_type=labeltok_args.head_type,
