@@ -142,3 +142,25 @@ def test_shots_per_class_is_checked_before_any_training():
         benchmark.parse_args(["--shots_per_class", "8,x"])
     args = benchmark.parse_args(["--shots_per_class", "4,8", "--methods", "setfit,linear_probe"])
     assert args.shots_list == [4, 8] and args.method_list == ["setfit", "linear_probe"]
+
+
+def test_time_ratios_divide_by_the_peer_with_the_same_lora_targets():
+    def row(seconds: float) -> dict:
+        return {"step_seconds": seconds, "train_seconds": 10 * seconds, "eval_rows_per_second": 1 / seconds}
+
+    runs = {
+        "peft_lora_seq_cls:head_lr=5e-2:targets=all": {0: row(4.0)},
+        "peft_lora_seq_cls:head_lr=5e-2": {0: row(2.0)},
+        "labeltok:head_lr=5e-2": {0: row(2.2)},
+        "labeltok:head_lr=5e-2:targets=all": {0: row(4.4)},
+        "labeltok:targets=attention": {0: row(3.0)},  # no peer with these targets: any peer, the first listed
+    }
+    peers = benchmark.add_peer_ratios(runs)
+    assert peers["labeltok:head_lr=5e-2"] == "peft_lora_seq_cls:head_lr=5e-2"
+    assert peers["labeltok:head_lr=5e-2:targets=all"] == "peft_lora_seq_cls:head_lr=5e-2:targets=all"
+    assert runs["labeltok:head_lr=5e-2"][0]["step_time_ratio"] == pytest.approx(1.1)
+    assert runs["labeltok:head_lr=5e-2:targets=all"][0]["step_time_ratio"] == pytest.approx(1.1)
+    assert peers["labeltok:targets=attention"] == "peft_lora_seq_cls:head_lr=5e-2:targets=all"
+    assert benchmark.matching_peer("peft_lora_seq_cls", runs) == "peft_lora_seq_cls:head_lr=5e-2"
+    runs["peft_lora_seq_cls"] = {0: row(1.0)}  # the plain peer goes first among peers with the same targets
+    assert benchmark.matching_peer("labeltok", runs) == "peft_lora_seq_cls"

@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..config import HeadType, LabelAttention, LabelInit, LabelPositions, Placement, ProblemType
+from ..config import AUTO, HeadType, LabelAttention, LabelInit, LabelPositions, Placement, ProblemType
 from ..machine import accelerator_available
 
 
@@ -194,7 +194,7 @@ class LabelTokArguments:
         metadata={"help": "With isolated attention, score at most this many labels per label call (one text pass)."},
     )
     label_layers: str = field(
-        default="auto",
+        default=AUTO,
         metadata={
             "help": "With isolated attention, labels join only the last N layers (late injection: cheaper, a "
             "different model). 'auto' (default): the last layer where the backbone takes late injection, else all; "
@@ -251,8 +251,8 @@ class LabelTokArguments:
         value = self.label_layers
         if value is None:  # `label_layers: null` in a --config file
             return None
-        if isinstance(value, str) and value.strip().lower() in ("auto", "all"):
-            return "auto" if value.strip().lower() == "auto" else None
+        if isinstance(value, str) and value.strip().lower() in (AUTO, "all"):
+            return AUTO if value.strip().lower() == AUTO else None
         try:
             number = int(value)
         except (TypeError, ValueError):

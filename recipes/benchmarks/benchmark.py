@@ -180,11 +180,33 @@ def run_one(spec: str, seed: int, args: argparse.Namespace) -> dict:
         return {"error": f"{type(error).__name__}: {error}"}
 
 
-def add_peer_ratios(runs: dict[str, dict[int, dict]], peer: str | None) -> None:
-    """Adds `step_time_ratio`, `train_time_ratio` and `throughput_ratio` against the peer of the same seed."""
-    if peer is None:
-        return
-    for per_seed in runs.values():
+def matching_peer(spec: str, runs: dict[str, dict[int, dict]]) -> str | None:
+    """The peer run a method's times are divided by: the peer spec with the same LoRA targets (they set the speed).
+
+    Among those (else among all peer specs), the plain `peft_lora_seq_cls` first, then the first listed: a peer
+    variant with other rates has the plain peer's speed and stands in for it.
+    """
+    targets = parse_method(spec)[1].get("targets")
+    peers = [name for name in runs if parse_method(name)[0] == PEER]
+    same_targets = [name for name in peers if parse_method(name)[1].get("targets") == targets]
+    for candidates in (same_targets, peers):
+        if candidates:
+            return PEER if PEER in candidates else candidates[0]
+    return None
+
+
+def add_peer_ratios(runs: dict[str, dict[int, dict]]) -> dict[str, str]:
+    """Adds `step_time_ratio`, `train_time_ratio` and `throughput_ratio` against the matching peer of the same seed.
+
+    Returns:
+        `{spec: peer spec}` for every spec that has a peer.
+    """
+    references = {}
+    for spec, per_seed in runs.items():
+        peer = matching_peer(spec, runs)
+        if peer is None:
+            continue
+        references[spec] = peer
         for seed, row in per_seed.items():
             reference = runs[peer].get(seed)
             if reference is None or "error" in row or "error" in reference:
@@ -193,6 +215,7 @@ def add_peer_ratios(runs: dict[str, dict[int, dict]], peer: str | None) -> None:
                 row["step_time_ratio"] = row["step_seconds"] / reference["step_seconds"]
             row["train_time_ratio"] = row["train_seconds"] / reference["train_seconds"]
             row["throughput_ratio"] = row["eval_rows_per_second"] / reference["eval_rows_per_second"]
+    return references
 
 
 # Settings that change a run's numbers; saved runs are reused and gathered only where all of them match.
@@ -305,9 +328,8 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace) -> dict:
     saved, commands = saved_runs(output_dir, settings)
     order = list(args.method_list) + sorted(spec for spec in saved if spec not in args.method_list)
     runs = {spec: dict(sorted(saved[spec].items())) for spec in order if spec in saved}
-    # Times are ratios to the plain peer; a peer variant (same model, other rates, same speed) stands in for it.
-    peer = PEER if PEER in runs else next((spec for spec in runs if parse_method(spec)[0] == PEER), None)
-    add_peer_ratios(runs, peer)
+    peers = add_peer_ratios(runs)  # times are ratios to the peer with the same LoRA targets
+    peer = matching_peer(PEER, runs)  # the one for PEFT's default targets
     result = {
         "dataset": dataset,
         "shots_per_class": args.shots,
@@ -316,6 +338,7 @@ def benchmark_dataset(dataset: str, args: argparse.Namespace) -> dict:
         "settings": dict(settings, seeds=sorted({seed for per_seed in runs.values() for seed in per_seed})),
         "environment": environment_info(args.threads),
         "peer": peer,
+        "peers": peers,
         "runs": {spec: {str(seed): row for seed, row in per_seed.items()} for spec, per_seed in runs.items()},
         "summary": {spec: summarize_runs(list(per_seed.values())) for spec, per_seed in runs.items()},
     }
