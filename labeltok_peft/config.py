@@ -251,7 +251,9 @@ class LabelTokConfig:
             if value is None or (name == "label_layers" and value == AUTO):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LabelTokConfig.{name} must be a positive integer or None; got {value!r}.")
+                allowed = {"label_layers": "a positive integer, 'auto' or None (every layer)"}.get(name)
+                allowed = allowed or "a positive integer or None"
+                raise ValueError(f"LabelTokConfig.{name} must be {allowed}; got {value!r}.")
             if self.label_attention == LabelAttention.FULL:
                 raise ValueError(
                     f"LabelTokConfig.{name}={value} needs label_attention='isolated' (with full attention the text "
