@@ -251,8 +251,9 @@ class LabelTokConfig:
             if value is None or (name == "label_layers" and value == AUTO):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                allowed = {"label_layers": "a positive integer, 'auto' or None (every layer)"}.get(name)
-                allowed = allowed or "a positive integer or None"
+                allowed = (
+                    "a positive integer, 'auto' or None" if name == "label_layers" else "a positive integer or None"
+                )
                 raise ValueError(f"LabelTokConfig.{name} must be {allowed}; got {value!r}.")
             if self.label_attention == LabelAttention.FULL:
                 raise ValueError(
