@@ -179,6 +179,16 @@ class LabelTokConfig:
             "Evaluation and prediction always score every label. None scores all labels in training too."
         },
     )
+    label_anchor_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keeps the label table near the rows it started from (an L2-SP penalty): training adds this "
+            "weight times the mean over labels of the squared distance between each row and its starting row. The "
+            "starting rows are the table when the adapter was added or loaded (rows from add_labels start at their "
+            "own init). Trained rows otherwise drift far from their label text (cosine 0.34 on WordNet lexnames), "
+            "which is what labels added later by name are initialised from. 0 (default) adds nothing."
+        },
+    )
     per_label_bias: bool = field(
         default=False,
         metadata={"help": "Add a learned bias per label on top of the shared head (a prior per class)."},
@@ -266,6 +276,13 @@ class LabelTokConfig:
                 f"LabelTokConfig.label_sample_size must be at least 2 (a softmax over one label learns nothing); "
                 f"got {self.label_sample_size!r}."
             )
+        weight = self.label_anchor_weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+            raise ValueError(
+                f"LabelTokConfig.label_anchor_weight must be a finite number >= 0 (0 turns the penalty off); got "
+                f"{weight!r}."
+            )
+        self.label_anchor_weight = float(weight)
         if self.lora is not None and not isinstance(self.lora, dict):
             raise TypeError(
                 f"LabelTokConfig.lora must be a dict of peft.LoraConfig arguments or None; got {type(self.lora).__name__}."

@@ -112,22 +112,33 @@ def per_label_head_parameters(head: nn.Module) -> dict[str, nn.Parameter]:
     return {name: parameter for name, parameter in found.items() if parameter is not None}
 
 
-def _swap_in(model, adapter_name: str, config: LabelTokConfig, table: torch.Tensor, per_label: dict[str, torch.Tensor]):
-    """Replaces the adapter's config, label table and per-label head parameters (each keeps its `requires_grad`)."""
+def _swap_in(
+    model,
+    adapter_name: str,
+    config: LabelTokConfig,
+    table: torch.Tensor,
+    per_label: dict[str, torch.Tensor],
+    anchor: torch.Tensor,
+):
+    """Replaces the adapter's config, label table, its anchor rows (`label_anchor_weight`) and per-label head
+    parameters (each keeps its `requires_grad`)."""
     old_table = model.label_tables[adapter_name]
     head = model.heads[adapter_name]
     old_head = per_label_head_parameters(head)
     old_config = model.labeltok_configs[adapter_name]
+    old_anchor = model.label_anchors[adapter_name]
     try:
         model.label_tables[adapter_name] = nn.Parameter(table, requires_grad=old_table.requires_grad)
         for name, value in per_label.items():
             setattr(head, name, nn.Parameter(value, requires_grad=old_head[name].requires_grad))
         model.labeltok_configs[adapter_name] = config
+        model.label_anchors[adapter_name] = anchor
     except BaseException:
         model.label_tables[adapter_name] = old_table
         for name, parameter in old_head.items():
             setattr(head, name, parameter)
         model.labeltok_configs[adapter_name] = old_config
+        model.label_anchors[adapter_name] = old_anchor
         raise
 
 
@@ -175,7 +186,8 @@ def add_labels(
         old = parameter.detach()
         start = old.mean(dim=0, keepdim=True) if name == "label_bias" else torch.zeros_like(old[:1])
         per_label[name] = torch.cat([old, start.expand(len(names), *old.shape[1:])]).clone()
-    _swap_in(model, adapter_name, new_config, table, per_label)
+    anchor = torch.cat([model.label_anchors[adapter_name].to(new_rows.device), new_rows])
+    _swap_in(model, adapter_name, new_config, table, per_label, anchor)
     if "label_weight" in per_label:
         logger.warning(
             "add_labels: adapter %r has the residual head, whose trained labels have their own weight vectors; the new "
@@ -225,7 +237,8 @@ def remove_labels(model, names: str | Sequence[str], adapter_name: str | None = 
         name: parameter.detach().index_select(0, index.to(parameter.device))
         for name, parameter in per_label_head_parameters(model.heads[adapter_name]).items()
     }
-    _swap_in(model, adapter_name, new_config, table, per_label)
+    anchor = model.label_anchors[adapter_name].to(index.device).index_select(0, index)
+    _swap_in(model, adapter_name, new_config, table, per_label, anchor)
 
 
 class TrainableLabelRows:

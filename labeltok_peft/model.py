@@ -49,6 +49,8 @@ class LabelTokModel(AdapterRegistry, nn.Module):
         self.label_tables = nn.ParameterDict()
         self.heads = nn.ModuleDict()
         self.labeltok_configs: dict[str, LabelTokConfig] = {}
+        # Per adapter: the label table it started from, `[num_labels, hidden]`, for `label_anchor_weight` (not saved).
+        self.label_anchors: dict[str, torch.Tensor] = {}
         self.active_adapter: str | None = None
         # Per adapter: training data name and metrics written into its model card (see save_pretrained).
         self.adapter_training_info: dict[str, dict[str, Any]] = {}
@@ -191,9 +193,20 @@ class LabelTokModel(AdapterRegistry, nn.Module):
         )
         if sampled is not None:
             loss = sampled_loss(scores, labels, sampled, config.is_multi_label)
-            return SequenceClassifierOutput(loss=loss, logits=scatter_scores(scores, sampled, config.num_labels))
-        loss = self._loss(scores, labels, config) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=scores)
+            logits = scatter_scores(scores, sampled, config.num_labels)
+        else:
+            loss = self._loss(scores, labels, config) if labels is not None else None
+            logits = scores
+        if loss is not None and self.training and config.label_anchor_weight > 0:
+            loss = loss + config.label_anchor_weight * self._anchor_penalty(adapter_name, table)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def _anchor_penalty(self, adapter_name: str, table: torch.Tensor) -> torch.Tensor:
+        """Mean over labels of the squared distance of each row `[num_labels, hidden]` from its starting row."""
+        anchor = self.label_anchors[adapter_name]
+        if anchor.device != table.device:
+            anchor = self.label_anchors[adapter_name] = anchor.to(table.device)
+        return (table - anchor).pow(2).sum(dim=-1).mean()
 
     def _samples_labels(self, config: LabelTokConfig) -> bool:
         """Whether a training step scores a sampled label set (`label_sample_size` below the label count)."""

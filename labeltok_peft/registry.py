@@ -148,6 +148,7 @@ class AdapterRegistry:
         )
         table = payload.tensors["label_table"].to(device, torch.float32, copy=True)
         self.label_tables[adapter_name] = nn.Parameter(table)
+        self.label_anchors[adapter_name] = table.detach().clone()
         self.heads[adapter_name] = head.to(device)
         self.labeltok_configs[adapter_name] = payload.config
         self.adapter_training_info[adapter_name] = payload.training
@@ -158,6 +159,7 @@ class AdapterRegistry:
         """Removes whatever exists of an adapter; removing the last LoRA adapter gives back the bare backbone."""
         if adapter_name in self.label_tables:
             del self.label_tables[adapter_name]
+        self.label_anchors.pop(adapter_name, None)
         if adapter_name in self.heads:
             del self.heads[adapter_name]
         self.labeltok_configs.pop(adapter_name, None)

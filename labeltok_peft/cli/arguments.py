@@ -208,6 +208,13 @@ class LabelTokArguments:
             "this many labels in all (for thousands of labels). Evaluation scores every label."
         },
     )
+    label_anchor_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep the label table near its starting rows: add this weight times the mean squared distance of "
+            "each row from its start to the training loss (0: off)."
+        },
+    )
     per_label_bias: bool = field(default=False, metadata={"help": "Learn a bias per label on top of the head."})
     head_type: str = field(
         default=HeadType.RESIDUAL.value,
@@ -234,7 +241,7 @@ class LabelTokArguments:
     )
 
     def __post_init__(self) -> None:
-        for name in ("label_learning_rate", "head_learning_rate"):
+        for name in ("label_learning_rate", "head_learning_rate", "label_anchor_weight"):
             _require_learning_rate(f"--{name}", getattr(self, name))
         for name in ("label_chunk_size", "label_sample_size"):
             if getattr(self, name) is not None:
@@ -368,7 +375,7 @@ def _require_positive_int(flag: str, value: int | None) -> None:
 
 
 def _require_learning_rate(flag: str, value: float | None) -> None:
-    """`None` (unset) or a finite, non-negative rate."""
+    """`None` (unset) or a finite, non-negative number (a rate or a penalty weight)."""
     if value is not None and not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{flag} must be a finite, non-negative number; got {value!r}.")
 

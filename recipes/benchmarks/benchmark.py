@@ -28,7 +28,8 @@ Methods (pick with --methods, comma-separated; `key=value` options after colons)
                             (linear|tied|residual|cosine: head_type), bias (0|1: per_label_bias), targets (attention|all: LoRA on
                             every attention projection, or on those and the MLP; default PEFT's query/value),
                             desc (0|1: label rows start from the label descriptions; wordnet_lexnames only, from
-                            the lexnames(5WN) manual page)
+                            the lexnames(5WN) manual page), anchor (float: label_anchor_weight, a penalty keeping
+                            rows near their start)
     setfit                  SetFit 1.2.0's default recipe on the same backbone (contrastive body training, 20 pair
                             iterations, one epoch, logistic-regression head); keys: iterations, epochs, body_lr,
                             batch. Needs `pip install -e ".[benchmark]"` (recipes/benchmarks/benchmark_setfit.py)

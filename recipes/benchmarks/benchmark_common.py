@@ -53,6 +53,7 @@ METHOD_OPTIONS = {
         "bias",
         "targets",
         "desc",
+        "anchor",
     },
     "setfit": {"iterations", "epochs", "body_lr", "batch"},
 }

@@ -65,6 +65,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--head_type", default="linear", choices=["linear", "tied", "residual"], help="LabelTokConfig.head_type."
     )
+    parser.add_argument(
+        "--label_layers",
+        default="all",
+        help="LabelTokConfig.label_layers: 'all' (every layer, as the recorded runs), 'auto' or a number N.",
+    )
+    parser.add_argument(
+        "--label_anchor_weight",
+        type=float,
+        default=0.0,
+        help="LabelTokConfig.label_anchor_weight of both trainings: keeps rows near their text init (0: off).",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument(
@@ -83,6 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--output", default=None, help="Write the results as JSON here.")
     return parser.parse_args(argv)
+
+
+def label_layers(flag: str) -> int | str | None:
+    """`LabelTokConfig.label_layers` from `--label_layers`: None for 'all', 'auto', or the number N."""
+    return {"all": None, "auto": "auto"}[flag] if flag in ("all", "auto") else int(flag)
 
 
 def mean_pooled(model, tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
@@ -193,6 +209,8 @@ def main(argv=None) -> dict:
             label_attention="isolated",
             label_positions="shared",
             head_type=args.head_type,
+            label_layers=label_layers(args.label_layers),
+            label_anchor_weight=args.label_anchor_weight,
             lora={"r": args.lora_r, "lora_alpha": args.lora_r, "target_modules": ["query", "value"]},
             init_seed=args.seed,
         )
