@@ -90,7 +90,10 @@ def test_new_rows_are_what_the_init_gives_those_labels(label_init):
     if label_init == "label_text":  # rows are per label: the same as for a config of the new labels alone
         embeddings = model.base_model.get_input_embeddings()
         alone = dataclasses.replace(config, labels=NEW, label_descriptions={"election": "vote party government"})
-        assert torch.equal(table[4:], initial_label_table(alone, embeddings, tokenizer, model.backbone))
+        # Close, not bitwise: with late injection (the `auto` default here) the rows come from a backbone pass over a
+        # batch of 6 label texts, against 2 here, and CPU matmul kernels may block different batch sizes differently.
+        alone_rows = initial_label_table(alone, embeddings, tokenizer, model.backbone)
+        torch.testing.assert_close(table[4:], alone_rows, rtol=1e-5, atol=1e-6)
         named = dataclasses.replace(config, labels=NEW, label_descriptions=None)
         assert not torch.equal(table[5], initial_label_table(named, embeddings, tokenizer, model.backbone)[1])
     head = model.heads["default"].state_dict()
