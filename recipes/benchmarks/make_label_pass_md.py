@@ -45,7 +45,8 @@ QUALITY_NOTES = """\
   BCE. A label is then a drawn negative in about 12 of the 1,662 steps and a positive in about 54, so its score
   offset moves in a few large, rare steps, while the peer's head sees every label's negative in every step. The
   estimate is unbiased but its variance is large; Adam's moments keep moving a row for dozens of steps after each
-  kick. A 1-epoch diagnostic with 256 labels per step is reported in BENCHMARKS.md (seventh session).
+  kick. Not run for time: the same task with 256 labels per step (started, about an hour for one epoch with its
+  evaluation on this machine, stopped) and without sampling (every label in every step: hours).
 - Cost: label tokens 1.15x the peer's train step; evaluation scores all 1,632 labels through the last layer for every
   test row, 0.19x the peer's throughput (5.4 against 27.9 rows per second on one thread).
 - Peak memory is the benchmark's per-run peak RSS minus the RSS after imports (a fresh process per run).
