@@ -98,7 +98,12 @@ def logits_and_grads(model: LabelTokModel, batch: dict, splice: bool = False) ->
 
 
 def assert_same(ours: tuple[torch.Tensor, dict], reference: tuple[torch.Tensor, dict]) -> None:
-    """Logits within 1e-5; every gradient within 1e-5 of its reference's largest entry."""
+    """Logits within 1e-5; every gradient within 3e-5 of its reference's largest entry.
+
+    The two paths sum in different orders, so fp32 rounding differs: gradients measured up to 1.1e-5 of their largest
+    entry apart (Gemma 3, left padding, on a loaded 2-core machine; under 1e-5 on a quiet one). Scaling a label's
+    score for its own key by 1.001 in label_pass.py still fails every family.
+    """
     torch.testing.assert_close(ours[0], reference[0], atol=1e-5, rtol=1e-5)
     assert ours[1].keys() == reference[1].keys()
     assert any("lora_" in name for name in reference[1]) and any("label_tables" in name for name in reference[1])
@@ -106,7 +111,7 @@ def assert_same(ours: tuple[torch.Tensor, dict], reference: tuple[torch.Tensor, 
         scale = grad.abs().max()
         assert scale > 0, f"{name} has no gradient"
         error = (ours[1][name] - grad).abs().max() / scale
-        assert error <= 1e-5, f"{name}: gradient off by {error:.2e} of its largest entry"
+        assert error <= 3e-5, f"{name}: gradient off by {error:.2e} of its largest entry"
 
 
 @pytest.mark.parametrize("family", sorted(BACKBONES))
