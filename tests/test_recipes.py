@@ -18,12 +18,13 @@ from labeltok_peft.cli.arguments import TRAIN_ARGUMENTS, ConfigFileError, parse_
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--lora_r", "4", "--learning_rate", "5e-3"]
 QUICK += ["--save_strategy", "no", "--disable_tqdm", "true", "--report_to", "none"]
-# Validation accuracy after 6 epochs, measured once per label attention: the `trained` adapter (the default, 'auto',
-# which is isolated attention with shared positions on BERT) 0.65; full attention with sequential positions 0.775
-# (2 epochs stay at chance, 0.25, in both). The tolerance covers CPU/library differences; a broken training loop,
-# decoding or metric lands outside it.
+# Validation accuracy after 6 epochs (40 rows, 4 labels, chance 0.25; 2 epochs stay at chance): measured 0.65 (CI's
+# machine) and 0.775 (an AMD EPYC one) with the default ('auto': isolated attention, shared positions, labels in the
+# last layer on BERT), 0.775 with full attention and sequential positions. A tiny backbone on 40 rows moves by a few
+# rows between CPUs, so the tests check a floor well above chance that a broken training loop, decoding or metric
+# does not reach.
 TRAINED_EPOCHS = 6
-MEASURED_EVAL_ACCURACY = {"auto": 0.65, "full": 0.775}
+MIN_EVAL_ACCURACY = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def folder_digest(folder: Path) -> dict[str, str]:
 def test_train_writes_adapter_metrics_report_and_headline(trained, capsys):
     results = read_json(trained / "eval_results.json")
     assert {"eval_accuracy", "eval_macro_f1", "eval_micro_f1", "eval_loss"} <= set(results)
-    assert results["eval_accuracy"] == pytest.approx(MEASURED_EVAL_ACCURACY["auto"], abs=0.1)
+    assert results["eval_accuracy"] >= MIN_EVAL_ACCURACY
     saved = read_json(trained / "labeltok_config.json")["labeltok_config"]
     assert (saved["label_attention"], saved["label_positions"]) == ("isolated", "shared")  # 'auto' resolved
     assert read_json(trained / "train_results.json")["epoch"] == TRAINED_EPOCHS
@@ -87,9 +88,7 @@ def test_train_with_full_attention_and_sequential_positions(workspace, tmp_path)
     out = tmp_path / "full"
     modes = ["--label_attention", "full", "--label_positions", "sequential"]
     assert run(*train_args(workspace, out, "--num_train_epochs", str(TRAINED_EPOCHS), *modes)) == 0
-    assert read_json(out / "eval_results.json")["eval_accuracy"] == pytest.approx(
-        MEASURED_EVAL_ACCURACY["full"], abs=0.1
-    )
+    assert read_json(out / "eval_results.json")["eval_accuracy"] >= MIN_EVAL_ACCURACY
     saved = read_json(out / "labeltok_config.json")["labeltok_config"]
     assert (saved["label_attention"], saved["label_positions"]) == ("full", "sequential")
     assert read_json(out / "labeltok_recipe.json")["max_seq_length"] == 64 - len(LABELS)  # labels spend positions
