@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .optim import adapter_parameter_groups
+from .optim import adapter_parameter_groups, keep_untouched_label_rows
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,9 @@ class LabelTokTrainer(Trainer):
     DDP, but FSDP refuses a ready-made optimizer (its parameters are replaced when the model is wrapped) and
     DeepSpeed builds its own. Building the groups in `create_optimizer`, after wrapping, works everywhere: the
     group split matches parameter names, which wrapping keeps apart from prefixes. The optimizer class and its
-    other settings still come from `--optim`, `--adam_beta1`, ... as usual.
+    other settings still come from `--optim`, `--adam_beta1`, ... as usual. Label rows without a gradient in a step
+    (labels that `label_sample_size` did not draw) keep their values and optimizer state
+    (`optim.keep_untouched_label_rows`).
 
     Args:
         label_learning_rate: learning rate of the label table; `None` uses `args.learning_rate`.
@@ -72,6 +74,7 @@ class LabelTokTrainer(Trainer):
             weight_decay=self.args.weight_decay,
         )
         self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        keep_untouched_label_rows(self.optimizer)
         return self.optimizer
 
     def _save_checkpoint(self, model, trial) -> None:
