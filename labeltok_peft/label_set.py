@@ -287,9 +287,10 @@ def train_only_labels(model, names: str | Sequence[str], train_head: bool = Fals
 
     Every parameter of the model is frozen except the label table (and the head with `train_head`); a hook on the
     table zeroes the gradient of every other row, so an optimizer built afterwards leaves them bitwise unchanged as
-    long as it moves nothing with a zero gradient: Adam/AdamW with fresh state and no weight decay on the table and
-    the per-label bias (decoupled decay shrinks a weight whatever its gradient; `optim.create_optimizer` decays
-    neither). Per-label head parameters (bias, residual weights) follow the rows: the named labels'
+    long as it moves nothing with a zero gradient: `optim.create_optimizer` and `LabelTokTrainer` keep such rows and
+    their state whatever the optimizer's history (`optim.keep_untouched_label_rows`); a plain Adam/AdamW does so only
+    with fresh state and no weight decay on the table and the per-label bias (decoupled decay shrinks a weight
+    whatever its gradient). Per-label head parameters (bias, residual weights) follow the rows: the named labels'
     entries train (also without `train_head`), the others are masked the same way. The hooks sit on the current
     Parameters: call this after `add_labels` / `remove_labels`, which replace them.
 

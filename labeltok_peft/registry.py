@@ -282,7 +282,7 @@ class AdapterRegistry:
         """Makes only the named labels' rows of the active adapter trainable; see `label_set.train_only_labels`.
 
         LoRA weights and (unless `train_head`) the head are frozen and a gradient hook zeroes every other row, so a
-        fresh AdamW without weight decay on the table (`optim.create_optimizer`) leaves them bitwise unchanged.
+        the optimizer of `optim.create_optimizer` (lazy on per-label rows) leaves them bitwise unchanged.
 
         Args:
             names: the labels to fine-tune (typically those just added with `add_labels`).

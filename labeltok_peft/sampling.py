@@ -20,6 +20,9 @@ The loss on the sampled set:
   would run high at any fixed threshold.
 
 Evaluation (`model.eval()`) and `predict` always score every label.
+
+Labels a step does not score get a zero gradient; `optim.create_optimizer` and `LabelTokTrainer` keep their rows and
+optimizer state as they were (`optim.keep_untouched_label_rows`), since Adam would otherwise keep moving them.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ Methods (pick with --methods, comma-separated; `key=value` options after colons)
                             every attention projection, or on those and the MLP; default PEFT's query/value),
                             desc (0|1: label rows start from the label descriptions; wordnet_lexnames only, from
                             the lexnames(5WN) manual page), anchor (float: label_anchor_weight, a penalty keeping
-                            rows near their start)
+                            rows near their start), lazy (0|1: labels a step does not score keep their rows and
+                            AdamW state, optim.keep_untouched_label_rows; default 1)
     setfit                  SetFit 1.2.0's default recipe on the same backbone (contrastive body training, 20 pair
                             iterations, one epoch, logistic-regression head); keys: iterations, epochs, body_lr,
                             batch. Needs `pip install -e ".[benchmark]"` (recipes/benchmarks/benchmark_setfit.py)

@@ -54,6 +54,7 @@ METHOD_OPTIONS = {
         "targets",
         "desc",
         "anchor",
+        "lazy",
     },
     "setfit": {"iterations", "epochs", "body_lr", "batch"},
 }

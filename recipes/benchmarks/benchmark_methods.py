@@ -181,7 +181,10 @@ def run_labeltok(options: dict[str, str], data, args, seed: int) -> tuple[dict, 
     learning_rate = float(options.get("lr", args.learning_rate))
     label_lr = float(options.get("label_lr", args.label_learning_rate))
     head_lr = float(options["head_lr"]) if "head_lr" in options else None  # None: the LoRA rate
-    optimizer = create_optimizer(model, learning_rate, label_learning_rate=label_lr, head_learning_rate=head_lr)
+    lazy = options.get("lazy", "1") == "1"
+    optimizer = create_optimizer(
+        model, learning_rate, label_learning_rate=label_lr, head_learning_rate=head_lr, lazy_label_rows=lazy
+    )
     return train_and_evaluate(model, tokenizer, data, args, seed, learning_rate, optimizer), model
 
 
