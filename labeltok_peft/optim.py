@@ -79,6 +79,7 @@ def keep_untouched_label_rows(optimizer: torch.optim.Optimizer) -> tuple[Removab
     is its rows (a flattened 1-D tensor, as FSDP shards them, is lazy per entry). Works with any `torch.optim`
     optimizer whose per-parameter state tensors have the parameter's shape; other state (Adafactor's factored
     moments) is left to the optimizer. Gradient accumulation, clipping and DDP keep a scored row's gradient nonzero.
+    Each step copies the unscored rows and their state aside and back (at most three times the table's size).
 
     Args:
         optimizer: a `torch.optim.Optimizer` built from `adapter_parameter_groups`.
