@@ -47,6 +47,12 @@ QUALITY_NOTES = """\
   estimate is unbiased but its variance is large; Adam's moments keep moving a row for dozens of steps after each
   kick. Not run for time: the same task with 256 labels per step (started, about an hour for one epoch with its
   evaluation on this machine, stopped) and without sampling (every label in every step: hours).
+- Lazy per-label rows do not fix it. With the optimizer lazy on per-label rows (a label that a step does not score
+  keeps its rows and AdamW state; the default since the ninth session), the same command measured P@1 0.001, P@5
+  0.001, micro-F1 0, macro AP 0.004 (train loss 0.026, step 1.83 s, evaluation 4.7 rows per second, peak 2,838 MiB).
+  So Adam's moments carrying a kick across the steps that do not draw a label are not the cause; the sparse,
+  heavily weighted negatives remain the lead suspect. That run's file was lost with a session's scratch directory
+  before it was committed; the figures are from its log.
 - Cost: label tokens 1.15x the peer's train step; evaluation scores all 1,632 labels through the last layer for every
   test row, 0.19x the peer's throughput (5.4 against 27.9 rows per second on one thread).
 - Peak memory is the benchmark's per-run peak RSS minus the RSS after imports (a fresh process per run).
