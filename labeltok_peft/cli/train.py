@@ -38,7 +38,7 @@ Quick start (offline demo: BBC News, all-MiniLM-L6-v2, a few minutes on a laptop
 
 Your own data (CSV/TSV/JSON/JSONL/parquet with a 'text' and a 'label' column):
   labeltok train --model_name_or_path all-MiniLM-L6-v2 --train_file train.csv \\
-      --validation_file dev.csv --output_dir my_adapter --num_train_epochs 3
+      --validation_file dev.csv --output_dir my_adapter --num_train_epochs 10   # 10: measured best (BENCHMARKS.md)
 
 Writes into --output_dir: the adapter (labeltok_config.json, safetensors), labeltok_recipe.json,
 eval_results.json (eval_accuracy, eval_macro_f1, eval_micro_f1), report.md with PNG plots.
