@@ -174,8 +174,9 @@ class LabelTokConfig:
         default=None,
         metadata={
             "help": "Training with very many labels (needs label_attention='isolated'): each training step scores "
-            "the batch's positive labels plus uniformly sampled negatives, about this many labels in all (sampled "
-            "softmax with the logQ correction for single-label, BCE on the set weighted by 1/q for drawn negatives for multi-label). "
+            "the batch's positive labels plus this many negatives drawn uniformly from the other labels, shared by the "
+            "batch (sampled softmax for single-label, BCE on the set for multi-label, both with the logQ correction "
+            "that subtracts each drawn negative's log inclusion probability from its logit). "
             "Evaluation and prediction always score every label. None scores all labels in training too."
         },
     )

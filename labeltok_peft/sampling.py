@@ -1,23 +1,28 @@
 """Sampled labels for training with very many labels (`label_sample_size=k`).
 
 Each training step scores one set of labels shared by the whole batch: every label that is positive in some row of the
-batch, plus negatives drawn uniformly without replacement from the other labels until the set holds `k` labels (when
-the batch's positives number `k` or more, the set is just the positives). The draw uses torch's global generator, so
-`transformers.set_seed` / `torch.manual_seed` make it reproducible, as they do for dropout.
+batch, plus `k` negatives drawn uniformly without replacement from the other labels (all of them when fewer than `k`
+are left). A fixed number of negatives per step, whatever the batch's positives: a set filled up to `k` labels in all
+left only ~11 negatives per step on a 1,632-label task whose 32-row batches hold ~53 positive labels. The draw uses
+torch's global generator, so `transformers.set_seed` / `torch.manual_seed` make it reproducible, as they do for dropout.
 
-The loss on the sampled set:
+The loss on the sampled set: a label enters the set with probability 1 when it is positive in the batch and
+`q = negatives drawn / labels available` otherwise, so the set over-represents the batch's positives. Both losses
+correct for that the same way, by subtracting the label's log inclusion probability from its logit (`log q` from the
+drawn negatives' logits, nothing from the batch's positives) before the loss:
 
-- single-label: sampled softmax, a cross-entropy over the set with the logQ correction. A label enters the set with
-  probability 1 when it is positive in the batch and `q = negatives drawn / labels available` otherwise, so the set
-  is not a uniform sample of the other classes. Subtracting `log q` from the logits of the drawn negatives (and
-  nothing from the batch's positives) makes each drawn negative stand for the `1/q` labels it was drawn from, so the
-  softmax's normaliser estimates the full one and the loss approaches full cross-entropy; without it the drawn
-  negatives would be under-weighted by `q` (about 1/300 at 32 of 10,000 labels) and every score would drift up.
-- multi-label: binary cross-entropy on the set, importance-weighted. Each drawn negative label's terms are weighted
-  by `1/q` (it stands for the `1/q` labels it was drawn from; the batch's positives weigh 1), and the weighted sum is
-  divided by `batch * num_labels`, so the loss and its gradient are unbiased estimates of full BCE over every label.
-  An unweighted mean over the set would over-represent the batch's positives by about `K/k`, so its probabilities
-  would run high at any fixed threshold.
+- single-label: sampled softmax with the logQ correction, a cross-entropy over the set. Each drawn negative then
+  stands for the `1/q` labels it was drawn from, so the softmax's normaliser estimates the full one; without it every
+  score would drift up (the drawn negatives would be under-weighted by `q`, about 1/300 at 32 of 10,000 labels).
+- multi-label: binary cross-entropy over the set with the same offset, the correction of negative subsampling. A
+  drawn negative is trained at logit `z - log q`, so the model fits `sigmoid(z - log q)` to negatives that were kept
+  with probability `q`, and `sigmoid(z)` (what evaluation reads) stays close to the label's true probability: a
+  label's learned bias lands near its frequency (tests/test_sampled_labels.py), where a plain mean over the set would
+  put rare labels' probabilities several times too high. Unlike weighting each drawn negative's term by `1/q` (an
+  unbiased estimate of full BCE, which this module used before), no term's gradient exceeds 1: with the weights, a
+  drawn negative at probability 0.5 pushed with force `0.5/q` (about 140 at 11 of 1,600 labels), those rare kicks
+  dominated AdamW's moments of the label rows, and label tokens learned nothing on a 1,632-label task
+  (docs/benchmarks/label_pass.md).
 
 Evaluation (`model.eval()`) and `predict` always score every label.
 
@@ -63,15 +68,15 @@ def sample_labels(labels: torch.Tensor, num_labels: int, sample_size: int, multi
     Args:
         labels: `[batch]` class ids or `[batch, num_labels]` multi-hot values, already checked.
         num_labels: all labels of the adapter.
-        sample_size: k, the set size asked for.
+        sample_size: k, the number of negatives to draw.
         multi_label: whether `labels` is multi-hot.
 
     Returns:
-        `SampledLabels` with `max(k, positives)` labels (at most `num_labels`).
+        `SampledLabels` with the batch's positives plus `min(k, num_labels - positives)` drawn negatives.
     """
     positive = positive_labels(labels, num_labels, multi_label).cpu()
     others = (~positive).nonzero().flatten()
-    draw = min(max(sample_size - int(positive.sum()), 0), others.numel())
+    draw = min(sample_size, others.numel())
     drawn = others[torch.randperm(others.numel())[:draw]]
     ids, _ = torch.cat([positive.nonzero().flatten(), drawn]).sort()
     log_inclusion = torch.zeros(ids.numel())
@@ -87,18 +92,16 @@ def sampled_loss(scores: torch.Tensor, labels: torch.Tensor, sampled: SampledLab
         scores: `[batch, set_size]` fp32 logits of the sampled labels, in the order of `sampled.ids`.
         labels: `[batch]` class ids or `[batch, num_labels]` multi-hot values (all labels).
         sampled: the step's `SampledLabels`.
-        multi_label: importance-weighted BCE on the set instead of the corrected sampled softmax.
+        multi_label: BCE over the set instead of the sampled softmax (both with the inclusion correction).
 
     Returns:
         Scalar loss.
     """
+    logits = scores - sampled.log_inclusion.to(scores.dtype)  # the inclusion correction, see the module docstring
     if multi_label:
-        targets = labels[:, sampled.ids].to(scores.dtype)
-        weights = torch.exp(-sampled.log_inclusion.to(scores.dtype))  # [set_size]: 1, or 1/q for drawn negatives
-        terms = nn.functional.binary_cross_entropy_with_logits(scores, targets, reduction="none")
-        return (terms * weights).sum() / (labels.shape[0] * labels.shape[1])
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels[:, sampled.ids].to(scores.dtype))
     targets = torch.searchsorted(sampled.ids, labels)  # every row's class is in the set
-    return nn.functional.cross_entropy(scores - sampled.log_inclusion.to(scores.dtype), targets)
+    return nn.functional.cross_entropy(logits, targets)
 
 
 def scatter_scores(scores: torch.Tensor, sampled: SampledLabels, num_labels: int) -> torch.Tensor:

@@ -204,8 +204,8 @@ class LabelTokArguments:
     label_sample_size: int | None = field(
         default=None,
         metadata={
-            "help": "With isolated attention, score each training batch's positive labels plus sampled negatives, "
-            "this many labels in all (for thousands of labels). Evaluation scores every label."
+            "help": "With isolated attention, score each training batch's positive labels plus this many sampled "
+            "negatives (for thousands of labels). Evaluation scores every label."
         },
     )
     label_anchor_weight: float = field(

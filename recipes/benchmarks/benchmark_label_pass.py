@@ -85,7 +85,7 @@ def make_batch(batch_size: int, tokens: int, num_labels: int) -> dict[str, torch
     }
 
 
-SAMPLE_SIZE = 32  # labels a sampled training step scores (positives plus shared negatives)
+SAMPLE_SIZE = 32  # negatives a sampled training step draws (it scores them plus the batch's positives)
 # Label-token variants, by the name the table and the JSON use. "splice" is timed with --splice only.
 VARIANTS: dict[str, dict] = {
     "splice": {"splice": True},
@@ -117,11 +117,18 @@ def rows(splice: bool, splice_max_labels: int | None = None) -> list[tuple[int, 
     return measured
 
 
-def estimate(options: dict, tokens: int, num_labels: int) -> float:
-    """The late-injection cost estimate 1 + K n / (T L), with K the labels a step scores and n their layers."""
+def estimate(options: dict, batch_size: int, tokens: int, num_labels: int) -> float:
+    """The late-injection cost estimate 1 + K n / (T L), with K the labels a step scores and n their layers.
+
+    A sampled step scores the batch's distinct classes (`make_batch` draws them uniformly: K (1 - (1 - 1/K)^B) on
+    average) plus `label_sample_size` negatives.
+    """
     layers = MINILM["num_hidden_layers"]
     n = options.get("label_layers", layers)
-    scored = min(options.get("label_sample_size", num_labels), num_labels)
+    scored = num_labels
+    if "label_sample_size" in options:
+        positives = num_labels * (1 - (1 - 1 / num_labels) ** batch_size)
+        scored = min(positives + options["label_sample_size"], num_labels)
     return 1 + scored * n / (tokens * layers)
 
 
@@ -145,8 +152,8 @@ def measure_row(batch_size: int, tokens: int, num_labels: int, methods: dict[str
         "peer_ms": 1000 * median["peer"],
         "token_ratio": (tokens + num_labels) / tokens,
         "exact_floor": 1 + num_labels / tokens,
-        "late_estimate_n1": estimate({"label_layers": 1}, tokens, num_labels),
-        "estimates": {name: estimate(options, tokens, num_labels) for name, options in methods.items()},
+        "late_estimate_n1": estimate({"label_layers": 1}, batch_size, tokens, num_labels),
+        "estimates": {name: estimate(options, batch_size, tokens, num_labels) for name, options in methods.items()},
         "ratios": {name: median[name] / median["peer"] for name in methods},
         "median_ms": {name: 1000 * value for name, value in median.items()},
         "steps_ms": {name: [1000 * value for value in values] for name, values in times.items()},

@@ -10,7 +10,7 @@ alike; the ratio of the medians is reported. Attention modes:
     isolated   each label sees the text and itself only, all labels share one position (any K): the exact label
                pass (the text runs once, labels attend to its kept keys/values)
     late1      isolated, with the labels in the last layer only (label_layers=1, late injection)
-    late1_sampled32   late1, and each training step scores the batch's positives plus negatives, 32 labels in all
+    late1_sampled32   late1, and each training step scores the batch's positives plus 32 sampled negatives
 
 CPU (default): MiniLM-shaped BERT (6 x 384) and a small Llama shape (8 x 512), fp32.
 
