@@ -265,6 +265,7 @@ def main() -> None:
         "backbone": "BERT (" + ", ".join(f"{key}={value}" for key, value in MINILM.items()) + "; random weights)",
         "lora": LORA,
         "sample_size": SAMPLE_SIZE,
+        "sampled_set": "positives plus k negatives",
         "dtype": "float32",
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
