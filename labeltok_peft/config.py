@@ -272,11 +272,6 @@ class LabelTokConfig:
                     f"and the labels attend to each other in every layer); got "
                     f"label_attention={self.label_attention.value!r}. Set label_attention='isolated' or {name}=None."
                 )
-        if self.label_sample_size is not None and self.label_sample_size < 2:
-            raise ValueError(
-                f"LabelTokConfig.label_sample_size must be at least 2 (a softmax over one label learns nothing); "
-                f"got {self.label_sample_size!r}."
-            )
         weight = self.label_anchor_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
             raise ValueError(

@@ -174,9 +174,10 @@ def test_evaluation_and_no_labels_score_every_label():
 
 
 def test_sample_size_is_validated():
-    for value in (0, 1, True, 2.0):
+    for value in (0, -3, True, 2.0):
         with pytest.raises(ValueError, match="label_sample_size must be"):
             LabelTokConfig(labels=LABELS, label_attention="isolated", label_sample_size=value)
+    assert LabelTokConfig(labels=LABELS, label_attention="isolated", label_sample_size=1).label_sample_size == 1
     with pytest.raises(ValueError, match="label_sample_size=8 needs label_attention='isolated'"):
         LabelTokConfig(labels=LABELS, label_attention="full", label_sample_size=8)
 
