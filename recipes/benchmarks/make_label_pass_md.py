@@ -23,29 +23,32 @@ QUALITY = Path("docs/benchmarks/runs/ancestors13/wordnet_ancestors/results.json"
 SPEED_COMMAND = "python -m recipes.benchmarks.benchmark_label_pass --steps 7 --splice --output_dir outputs/label_pass"
 # The command of the quality run that QUALITY holds (one process per method, in parallel; see the page).
 QUALITY_COMMAND = (
-    "python -m recipes.benchmarks.benchmark --dataset wordnet_ancestors --epochs 3 --seed 0 --threads 1 "
+    "python -m recipes.benchmarks.benchmark --dataset wordnet_ancestors --epochs 3 --seeds 0,1 --threads 1 "
     "--output_dir outputs/ancestors13 --methods "
     "peft_lora_seq_cls:head_lr=5e-2,labeltok:attention=isolated:positions=shared:head=residual:head_lr=5e-2:layers=1"
     ":sample=64:chunk=512"
 )
 # How the quality run in QUALITY was made and what it can and cannot say; shown under its table.
 QUALITY_NOTES = """\
-- The issue's protocol with one seed (thirteenth session): the default 20 rows per label (17,703 train / 4,440 test
+- The issue's protocol with two seeds (thirteenth session): the default 20 rows per label (17,703 train / 4,440 test
   rows), 3 epochs (1,662 optimizer steps), batch 32, length 128, LoRA r=16 on query/value at 5e-4, new task
   parameters at 5e-2. Label tokens: the library's defaults on this encoder (isolated attention, shared positions,
   labels in the last layer, residual head) with `label_sample_size=64`: each step scores the batch's positive labels
   (53 distinct in a 32-row batch, median) plus 64 shared negatives, with the logQ-offset BCE of
-  labeltok_peft/sampling.py. The two methods ran as two concurrent processes with one thread each on the 2-core
-  machine; both saw the same load. The environment line is written when the run ends: the label-token process
-  started with the new sampler uncommitted and ran the code of commit 388a94e (which only reflowed a docstring).
+  labeltok_peft/sampling.py. One process per method and seed, one thread each, two at a time on the 2-core machine:
+  seed 0's two methods side by side; seed 1's peer ran beside seed 1's label tokens for its last 20 minutes, and
+  the label-token run then shared the machine with a test run, so seed 1's time ratio (1.42x) mixes loads. The
+  environment line is written when the last run ends: seed 0's label-token process started with the new sampler
+  uncommitted and ran the code of commit 388a94e (which only reflowed a docstring).
 - **The sampler was the failure, and the target is still missed.** The seventh session's run of the same command,
   with the sampler of that time (the set filled up to 64 labels in all, so about 11 drawn negatives per step, each
   weighted 1/q, about 140, in an unbiased BCE), learned almost nothing: P@1 0.005, P@5 0.007, micro-F1 0, macro AP
   0.004, below the popularity baseline (the 5 most frequent train labels for every row: P@1 0.010, P@5 0.008); lazy
   per-label rows did not change that (P@5 0.001). With 64 negatives on top of the positives and the logit offset
-  instead of the weights, the same command gives P@1 0.256, P@5 0.152, micro-F1 0.236, macro AP 0.343. The peer in
-  the same run: P@1 0.603, P@5 0.263, micro-F1 0.406 (the seventh session's figures to the third decimal). So label
-  tokens now learn the task, at 58% of the peer's precision@5.
+  instead of the weights, the same command gives P@1 0.256, P@5 0.152, micro-F1 0.236, macro AP 0.343 on seed 0
+  (seed 1: 0.269, 0.154, 0.240, 0.346). The peer in the same run: P@1 0.603, P@5 0.263, micro-F1 0.406 on seed 0
+  (the seventh session's figures to the third decimal; seed 1: 0.603, 0.263, 0.402). So label tokens now learn the
+  task, at 58% of the peer's precision@5 on both seeds.
 - Why the gap is left, as far as the runs show (not proven): a label's own parameters (its table row and residual
   head row) get a gradient only in the steps that score it: positive in the batch (about 3% of steps) or drawn
   (64 of 1,579, about 4%), while the peer's classifier row sees every row of every step. The label-token loss was
@@ -57,9 +60,9 @@ QUALITY_NOTES = """\
   1/q weights, 0.0075 with the logit offset, 0.0071 for the peer; nothing ranked yet at 400 steps (every P@5 at
   or below 0.011, the peer's included), so the probe chose the loss by calibration and the bounded gradient, not by
   ranking.
-- Cost: label tokens 1.39x the peer's train step (117 labels scored per step against 64 before: the old sampler
-  measured 1.15x); evaluation scores all 1,632 labels through the last layer for every test row, 0.17x the peer's
-  throughput (6.0 rows per second on one thread).
+- Cost: label tokens 1.39x the peer's train step on seed 0 (117 labels scored per step against 64 before: the old
+  sampler measured 1.15x); evaluation scores all 1,632 labels through the last layer for every test row, 0.16–0.17x
+  the peer's throughput (6.0–6.2 rows per second on one thread).
 - Peak memory is the benchmark's per-run peak RSS minus the RSS after imports (a fresh process per run).
 - Earlier runs of this task: docs/benchmarks/runs/ancestors3/ (seventh session, the old sampler, figures above) and
   docs/benchmarks/runs/ancestors/ (third session: 4 rows per label, 1 epoch, uncorrected BCE: P@5 0.001 against the
