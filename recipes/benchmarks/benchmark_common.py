@@ -55,6 +55,7 @@ METHOD_OPTIONS = {
         "desc",
         "anchor",
         "lazy",
+        "hard",
     },
     "setfit": {"iterations", "epochs", "body_lr", "batch"},
 }
