@@ -180,15 +180,6 @@ class LabelTokConfig:
             "Evaluation and prediction always score every label. None scores all labels in training too."
         },
     )
-    label_hard_negatives: float = field(
-        default=0.0,
-        metadata={
-            "help": "With label_sample_size: the share of its negatives drawn among the labels nearest the batch's "
-            "positives (the 8 nearest each positive by the cosine of their label rows), the rest uniformly; each "
-            "label enters independently, so the logQ correction uses its exact inclusion probability. In [0, 1); 0 "
-            "(default) draws every negative uniformly."
-        },
-    )
     label_anchor_weight: float = field(
         default=0.0,
         metadata={
@@ -281,18 +272,6 @@ class LabelTokConfig:
                     f"and the labels attend to each other in every layer); got "
                     f"label_attention={self.label_attention.value!r}. Set label_attention='isolated' or {name}=None."
                 )
-        share = self.label_hard_negatives
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
-            raise ValueError(
-                f"LabelTokConfig.label_hard_negatives must be a number in [0, 1) (the share of the sampled negatives "
-                f"drawn near the batch's positives; 0 draws them uniformly); got {share!r}."
-            )
-        if share > 0 and self.label_sample_size is None:
-            raise ValueError(
-                f"LabelTokConfig.label_hard_negatives={share} shares out the sampled negatives, so it needs "
-                "label_sample_size; set label_sample_size=k or label_hard_negatives=0."
-            )
-        self.label_hard_negatives = float(share)
         weight = self.label_anchor_weight
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
             raise ValueError(

@@ -170,18 +170,11 @@ class LabelTokModel(AdapterRegistry, nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         sampled = None
-        table = self.label_tables[adapter_name]
         if labels is not None and self._samples_labels(config):
             labels = check_labels_tensor(labels, config.num_labels, config.is_multi_label)
-            sampled = sample_labels(
-                labels,
-                config.num_labels,
-                config.label_sample_size,
-                config.is_multi_label,
-                label_table=table,
-                hard_share=config.label_hard_negatives,
-            )
+            sampled = sample_labels(labels, config.num_labels, config.label_sample_size, config.is_multi_label)
         text_embeds = self.base_model.get_input_embeddings()(input_ids)  # [batch, seq_len, hidden]
+        table = self.label_tables[adapter_name]
         head = self.heads[adapter_name]
         label_ids = sampled.ids if sampled is not None else None
         if self._uses_label_pass(config):

@@ -411,23 +411,20 @@ def test_predict_reads_an_adapter_by_hub_id(trained, tmp_path, monkeypatch):
 
 
 def test_late_injection_and_sampled_labels_from_the_command_line(workspace, tmp_path):
-    """`--label_layers`, `--label_sample_size`, `--label_hard_negatives` and `--label_anchor_weight` reach the adapter's
-    config, are saved with it, and predict scores every label; a malformed value is refused naming the flag."""
+    """`--label_layers`, `--label_sample_size` and `--label_anchor_weight` reach the adapter's config, are saved with it, and predict scores
+    every label; a value that is not a positive integer is refused naming the flag."""
     extra = [f"unused_{i}" for i in range(40 - len(LABELS))]
     out = tmp_path / "late"
     assert run(*train_args(workspace, out, "--max_steps", "2", "--label_attention", "isolated",
                            "--label_positions", "shared", "--label_layers", "1", "--label_sample_size", "8",
-                           "--label_hard_negatives", "0.25", "--label_anchor_weight", "0.5",
-                           "--labels", *LABELS, *extra)) == 0  # fmt: skip
+                           "--label_anchor_weight", "0.5", "--labels", *LABELS, *extra)) == 0  # fmt: skip
     saved = read_json(out / "labeltok_config.json")["labeltok_config"]
-    names = ("label_layers", "label_sample_size", "label_hard_negatives", "label_anchor_weight")
-    assert tuple(saved[name] for name in names) == (1, 8, 0.25, 0.5)
+    assert (saved["label_layers"], saved["label_sample_size"], saved["label_anchor_weight"]) == (1, 8, 0.5)
     assert run("predict", "--adapter_path", out, "--texts", "the team won", "--output_dir", tmp_path / "p") == 0
     scores = json.loads((tmp_path / "p" / "predictions.jsonl").read_text())["scores"]
     assert len(scores) == 40
     assert run(*train_args(workspace, tmp_path / "bad", "--label_layers", "0")) == 1
     assert run(*train_args(workspace, tmp_path / "bad", "--label_layers", "last")) == 1
-    assert run(*train_args(workspace, tmp_path / "bad", "--label_hard_negatives", "0.5")) == 1  # no sample size
 
 
 @pytest.mark.parametrize(

@@ -11,19 +11,11 @@ from tiny_models import TINY
 from transformers import BertConfig, BertModel
 
 from labeltok_peft import LabelTokConfig, get_labeltok_model
-from labeltok_peft.sampling import HARD_NEIGHBOURS, nearest_labels, sample_labels, sampled_loss
+from labeltok_peft.sampling import sample_labels, sampled_loss
 
 NUM_LABELS = 40
 LABELS = [f"label{i}" for i in range(NUM_LABELS)]
 MIN = torch.finfo(torch.float32).min
-
-
-def clustered_table(block: int = HARD_NEIGHBOURS + 1, hidden: int = 16) -> torch.Tensor:
-    """`[NUM_LABELS, hidden]` rows in blocks of `block` labels around one random centre each: a label's nearest
-    `HARD_NEIGHBOURS` rows are the rest of its block."""
-    generator = torch.Generator().manual_seed(0)
-    centres = torch.randn(NUM_LABELS // block + 1, hidden, generator=generator)
-    return centres[torch.arange(NUM_LABELS) // block] + 0.01 * torch.randn(NUM_LABELS, hidden, generator=generator)
 
 
 def build(family: str = "bert", multi_label: bool = False, **kwargs):
@@ -166,72 +158,6 @@ def test_sampled_bce_learns_each_labels_frequency():
     assert (plain / frequency)[:5].min() > 2.0
 
 
-def test_hard_negatives_come_from_the_positives_neighbours_with_their_exact_inclusion_probability():
-    table = clustered_table()
-    labels = torch.tensor([0, 0])  # label 0's block is labels 0-8: its 8 nearest rows are labels 1-8
-    pool = nearest_labels(table, torch.arange(NUM_LABELS) == 0, HARD_NEIGHBOURS)
-    assert pool.nonzero().flatten().tolist() == list(range(1, 9))
-    torch.manual_seed(0)
-    draws = 4000
-    counts = torch.zeros(NUM_LABELS)
-    inclusion = torch.full((NUM_LABELS,), float("nan"))
-    for _ in range(draws):
-        sampled = sample_labels(labels, NUM_LABELS, 8, multi_label=False, label_table=table, hard_share=0.5)
-        counts[sampled.ids] += 1
-        known = ~inclusion[sampled.ids].isnan()
-        # One inclusion probability per label for a given batch and table, whichever draw it is read from.
-        torch.testing.assert_close(sampled.log_inclusion.exp()[known], inclusion[sampled.ids][known])
-        inclusion[sampled.ids] = sampled.log_inclusion.exp()
-    assert counts[0] == draws and inclusion[0] == 1
-    # Each label is drawn as often as the probability its correction uses; the pool far more often.
-    assert ((counts[1:] / draws) - inclusion[1:]).abs().max() < 0.03
-    uniform = 0.5 * 8 / 39
-    torch.testing.assert_close(inclusion[9:], torch.full((31,), uniform))
-    torch.testing.assert_close(inclusion[1:9], torch.full((8,), 1 - (1 - uniform) * (1 - 0.5 * 8 / 8)))
-    assert 0.8 * 8 < float(inclusion[1:].sum()) <= 8  # about k negatives (the two draws overlap)
-
-
-def test_sampled_softmax_with_hard_negatives_estimates_full_cross_entropy():
-    """Near labels that score high, as confusable labels do, are drawn far more often than the rest; corrected by
-    their own inclusion probability the sampled softmax still lands near cross-entropy over every label (corrected
-    by the uniform rate instead, it lands about 18% high)."""
-    table = clustered_table()
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.tensor([0, 0, 9, 9])  # the pools: labels 1-8 and 10-17
-    scores = torch.randn(4, NUM_LABELS, generator=generator) - 2
-    scores[:, 1:18] += 2
-    torch.manual_seed(0)
-    estimates = []
-    for _ in range(3000):
-        sampled = sample_labels(labels, NUM_LABELS, 8, multi_label=False, label_table=table, hard_share=0.5)
-        estimates.append(sampled_loss(scores[:, sampled.ids], labels, sampled, multi_label=False))
-    full = torch.nn.functional.cross_entropy(scores, labels)
-    assert abs(float(torch.stack(estimates).mean() - full)) < 0.06 * float(full)
-
-
-@pytest.mark.parametrize("multi_label", [False, True])
-def test_training_with_hard_negatives_scores_the_drawn_set(multi_label):
-    model = build(multi_label=multi_label, label_sample_size=8, label_hard_negatives=0.5)
-    batch = make_batch("right")
-    labels = multi_hot([[1, 2], [2], [30]]) if multi_label else torch.tensor([1, 2, 30])
-    model.eval()
-    all_scores = model(**batch).logits.detach()
-    model.train()
-    torch.manual_seed(3)
-    output = model(**batch, labels=labels)
-    torch.manual_seed(3)
-    table = model.label_tables["default"]
-    expected = sample_labels(labels, NUM_LABELS, 8, multi_label, label_table=table, hard_share=0.5)
-    ids = (output.logits[0] > MIN).nonzero().flatten()
-    assert ids.tolist() == expected.ids.tolist() and {1, 2, 30} <= set(ids.tolist())
-    pool = nearest_labels(table, torch.isin(torch.arange(NUM_LABELS), torch.tensor([1, 2, 30])), HARD_NEIGHBOURS)
-    drawn = expected.log_inclusion < 0
-    near, far = expected.log_inclusion[drawn & pool[ids]], expected.log_inclusion[drawn & ~pool[ids]]
-    assert near.numel() and far.numel() and near.min() > far.max()  # the positives' neighbours are likelier
-    loss = sampled_loss(all_scores[:, ids], labels, expected, multi_label)
-    torch.testing.assert_close(output.loss.detach(), loss, atol=1e-5, rtol=1e-5)
-
-
 def test_evaluation_and_no_labels_score_every_label():
     model = build(label_sample_size=8)
     batch = make_batch("left")
@@ -254,11 +180,6 @@ def test_sample_size_is_validated():
     assert LabelTokConfig(labels=LABELS, label_attention="isolated", label_sample_size=1).label_sample_size == 1
     with pytest.raises(ValueError, match="label_sample_size=8 needs label_attention='isolated'"):
         LabelTokConfig(labels=LABELS, label_attention="full", label_sample_size=8)
-    for value in (-0.1, 1.0, True, "0.5"):
-        with pytest.raises(ValueError, match=r"label_hard_negatives must be a number in \[0, 1\)"):
-            LabelTokConfig(labels=LABELS, label_attention="isolated", label_sample_size=8, label_hard_negatives=value)
-    with pytest.raises(ValueError, match="needs label_sample_size"):
-        LabelTokConfig(labels=LABELS, label_attention="isolated", label_hard_negatives=0.5)
 
 
 def test_a_tiny_model_with_200_labels_learns_from_32_sampled_labels():

@@ -208,13 +208,6 @@ class LabelTokArguments:
             "negatives (for thousands of labels). Evaluation scores every label."
         },
     )
-    label_hard_negatives: float = field(
-        default=0.0,
-        metadata={
-            "help": "With --label_sample_size: the share of the sampled negatives drawn among the labels nearest the "
-            "batch's positives (hard negatives), in [0, 1); 0 (default) draws them uniformly."
-        },
-    )
     label_anchor_weight: float = field(
         default=0.0,
         metadata={

@@ -154,7 +154,6 @@ def _train(model_args, data_args, labeltok_args, training_args, output_dir: Path
         label_chunk_size=labeltok_args.label_chunk_size,
         label_layers=labeltok_args.label_layers_value(),
         label_sample_size=labeltok_args.label_sample_size,
-        label_hard_negatives=labeltok_args.label_hard_negatives,
         label_anchor_weight=labeltok_args.label_anchor_weight,
         per_label_bias=labeltok_args.per_label_bias,
         head_type=labeltok_args.head_type,

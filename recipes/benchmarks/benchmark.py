@@ -24,8 +24,7 @@ Methods (pick with --methods, comma-separated; `key=value` options after colons)
     labeltok[:key=value...] the label-token adapter; keys: init (label_text|cls|vocab_mean|random), lora (0|1),
                             label_lr (float), head_lr (float; default: lr), attention (full|isolated), positions
                             (sequential|shared), chunk (int), layers (int: late injection, label_layers),
-                            sample (int: sampled negatives per training step, label_sample_size), hard (float:
-                            label_hard_negatives, the share of them drawn near the batch's positives), head
+                            sample (int: sampled labels per training step, label_sample_size), head
                             (linear|tied|residual|cosine: head_type), bias (0|1: per_label_bias), targets (attention|all: LoRA on
                             every attention projection, or on those and the MLP; default PEFT's query/value),
                             desc (0|1: label rows start from the label descriptions; wordnet_lexnames only, from

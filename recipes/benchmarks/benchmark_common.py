@@ -55,7 +55,6 @@ METHOD_OPTIONS = {
         "desc",
         "anchor",
         "lazy",
-        "hard",
     },
     "setfit": {"iterations", "epochs", "body_lr", "batch"},
 }
