@@ -177,6 +177,7 @@ class LabelTokConfig:
             "the batch's positive labels plus this many negatives drawn uniformly from the other labels, shared by the "
             "batch (sampled softmax for single-label, BCE on the set for multi-label, both with the logQ correction "
             "that subtracts each drawn negative's log inclusion probability from its logit). "
+            "More negatives learn better and cost more (BENCHMARKS.md: hundreds for a 1,632-label task). "
             "Evaluation and prediction always score every label. None scores all labels in training too."
         },
     )
