@@ -128,7 +128,9 @@ def test_train_stores_descriptions_and_starts_rows_from_them(workspace, tmp_path
         dataclasses.replace(config, label_descriptions=None), embeddings, tokenizer, model.backbone
     )
     table = model.label_tables["default"].detach()
-    assert torch.equal(table, described) and not torch.equal(table, named)
+    # Close rather than equal: on a GPU machine training computed the init on CUDA, here it runs on the CPU.
+    torch.testing.assert_close(table, described, atol=1e-5, rtol=1e-5)
+    assert (table - named).abs().max() > 1e-2
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| 0 | business | market bank profit |" in card and "| 1 | politics | (its name) |" in card
 

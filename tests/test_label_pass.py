@@ -68,7 +68,8 @@ def build(backbone: torch.nn.Module, lora: dict | None = LORA, **kwargs) -> Labe
     """Isolated labels through every layer (the exact label pass that must equal the spliced path)."""
     torch.manual_seed(0)
     kwargs.setdefault("label_layers", None)
-    config = LabelTokConfig(labels=LABELS, label_init="random", label_attention="isolated", lora=lora, **kwargs)
+    kwargs.setdefault("labels", LABELS)
+    config = LabelTokConfig(label_init="random", label_attention="isolated", lora=lora, **kwargs)
     return get_labeltok_model(backbone.eval(), config)
 
 
@@ -167,6 +168,30 @@ def test_labels_do_not_see_each_other_and_text_is_isolated():
     after = model(**batch).logits.detach()
     torch.testing.assert_close(after[:, 0], before[:, 0], atol=1e-6, rtol=0)
     assert (after[:, 1:] - before[:, 1:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_both_label_attention_kernels_equal_the_spliced_path(family, monkeypatch):
+    """sdpa backbones use one SDPA call up to SDPA_MAX_LABELS_PER_TEXT_KEY labels per text key, the row-wise kernel
+    beyond; 60 labels on 7 text tokens take the second, chunks of 8 the first, and each is checked on its own."""
+    from labeltok_peft import label_pass
+
+    calls = []
+    for kernel in ("label_attention", "label_attention_sdpa"):
+        original = getattr(label_pass, kernel)
+        monkeypatch.setattr(
+            label_pass, kernel, lambda *a, _f=original, _k=kernel, **kw: calls.append(_k) or _f(*a, **kw)
+        )
+    labels = [f"label {index}" for index in range(60)]
+    model = build(BACKBONES[family](), label_positions="shared", labels=labels)
+    batch = make_batch("left")
+    reference = logits_and_grads(model, batch, splice=True)
+    assert_same(logits_and_grads(model, batch), reference)
+    assert set(calls) == {"label_attention"}, "60 labels on 7 text keys must take the row-wise kernel"
+    calls.clear()
+    model.labeltok_config.label_chunk_size = 8
+    assert_same(logits_and_grads(model, batch), reference)
+    assert set(calls) == {"label_attention_sdpa"}, "8 labels on 7 text keys must take the SDPA kernel"
 
 
 def test_the_attention_implementation_is_restored_even_on_error():

@@ -63,11 +63,18 @@ def make_model(checkpoint: Path, family: str, precision: str, lora: dict | None 
 
 def make_batch(model: LabelTokModel) -> dict[str, torch.Tensor]:
     encoded = model.tokenizer(TEXTS, padding=True, return_tensors="pt")
-    return dict(encoded, labels=torch.tensor([0, 1, 2, 3]))
+    return on_model_device(model, dict(encoded, labels=torch.tensor([0, 1, 2, 3])))
+
+
+def on_model_device(model: LabelTokModel, batch: dict) -> dict[str, torch.Tensor]:
+    """The batch on the model's device: k-bit backbones load onto the GPU where there is one (default_device_map)."""
+    device = next(model.parameters()).device
+    return {name: tensor.to(device) for name, tensor in batch.items()}
 
 
 def train(model: LabelTokModel, batch: dict, steps: int, lr: float = 1e-2) -> None:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    batch = on_model_device(model, batch)
     model.train()
     for _ in range(steps):
         model(**batch).loss.backward()
@@ -77,8 +84,11 @@ def train(model: LabelTokModel, batch: dict, steps: int, lr: float = 1e-2) -> No
 
 @torch.no_grad()
 def eval_output(model: LabelTokModel, batch: dict):
+    """The eval-mode output, its logits on the CPU so that models on different devices compare."""
     model.eval()
-    return model(**batch)
+    output = model(**on_model_device(model, batch))
+    output.logits = output.logits.cpu()
+    return output
 
 
 def trainable_state(model: LabelTokModel) -> dict[str, torch.Tensor]:
@@ -88,8 +98,8 @@ def trainable_state(model: LabelTokModel) -> dict[str, torch.Tensor]:
 def gradients(model: LabelTokModel, batch: dict) -> dict[str, torch.Tensor | None]:
     model.train()
     model.zero_grad()
-    model(**batch).loss.backward()
-    return {name: None if p.grad is None else p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    model(**on_model_device(model, batch)).loss.backward()
+    return {name: None if p.grad is None else p.grad.cpu() for name, p in model.named_parameters() if p.requires_grad}
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -138,7 +148,7 @@ def test_load_backbone_precisions(checkpoints, family, precision):
 
 
 def test_default_device_map_is_this_process_device():
-    assert default_device_map() == {"": "cpu"}
+    assert default_device_map() == {"": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
 # ----------------------------------------------------------------------------------------- training
