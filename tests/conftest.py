@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 from tiny_models import make_tokenizer  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-SLOWER_TIERS = ("integration", "multiprocess")
+SLOWER_TIERS = ("integration", "multiprocess", "cuda")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

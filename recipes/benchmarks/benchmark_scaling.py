@@ -102,7 +102,7 @@ SHAPES = {
 }
 MODES = {
     "full": ("full", "sequential", {}),
-    "isolated": ("isolated", "shared", {}),
+    "isolated": ("isolated", "shared", {"label_layers": None}),  # every layer ('auto' means 1 on encoders)
     "late1": ("isolated", "shared", {"label_layers": 1}),
     "late1_sampled32": ("isolated", "shared", {"label_layers": 1, "label_sample_size": 32}),
 }
