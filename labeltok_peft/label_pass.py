@@ -12,9 +12,9 @@ The route: an attention function and a mask function registered under our own na
 `AttentionInterface` and `AttentionMaskInterface` (registered on first use, not on import). The backbone's
 `config._attn_implementation` points at them only during our calls (and during the recomputation of checkpointed
 layers). For the text both delegate to the backbone's own sdpa or eager code. The labels' attention is computed here:
-on sdpa backbones as one SDPA call over the text keys and the labels' own keys with a boolean mask
-(`label_attention_sdpa`), on eager ones and for very many labels per call with each label's own-key score as a
-row-wise product (`label_attention`, which costs `labels x seq_len`). Other kernels (flash attention, flex attention) are refused with the fix. Switching the config is not thread-safe: do not
+on sdpa backbones on a GPU as one SDPA call over the text keys and the labels' own keys with a boolean mask
+(`label_attention_sdpa`); elsewhere (CPU, eager backbones, very many labels per call) with each label's own-key
+score as a row-wise product (`label_attention`, which costs `labels x seq_len`). Other kernels (flash attention, flex attention) are refused with the fix. Switching the config is not thread-safe: do not
 run one backbone from two threads at once.
 
 Windows: in layers with sliding-window or local attention (Mistral with `sliding_window`, Gemma 2/3 sliding layers,
@@ -43,11 +43,16 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 _NAMES = {"sdpa": "labeltok_label_pass_sdpa", "eager": "labeltok_label_pass_eager"}
 # The backbone attention implementations the label pass reproduces exactly (and our own names for them).
 LABEL_PASS_KERNELS = frozenset(_NAMES) | frozenset(_NAMES.values())
-# On sdpa backbones the labels' attention is one SDPA call over text + label keys while a call has at most this many
-# labels per text key (it scores labels x (seq_len + labels) pairs), and `label_attention` (labels x seq_len) beyond.
-# Measured on an H200 (bf16, 12 heads x 64, batch 16 x 256 text keys, forward + backward): SDPA took 0.57x, 0.52x and
-# 0.72x the time of `label_attention` at 64, 512 and 2,048 labels, 2.3x at 8,192 (docs/benchmarks/runs/gpu16/run1_eager_label_attention/label_attention.log).
+# On sdpa backbones on a GPU the labels' attention is one SDPA call over text + label keys while a call has at most
+# this many labels per text key (it scores labels x (seq_len + labels) pairs), and `label_attention` (labels x seq_len)
+# beyond. Measured on an H200 (bf16, 12 heads x 64, batch 16 x 256 text keys, forward + backward): SDPA took 0.57x,
+# 0.52x and 0.72x the time of `label_attention` at 64, 512 and 2,048 labels, 2.3x at 8,192
+# (docs/benchmarks/runs/gpu16/run1_eager_label_attention/label_attention.log).
 SDPA_MAX_LABELS_PER_TEXT_KEY = 8
+# Devices that take the SDPA call. Not the CPU: there a MiniLM train step with it cost 1.64x / 4.45x / 13.70x the
+# peer's against 1.57x / 3.70x / 7.94x with `label_attention` (K = 26 and 128 on 8 x 46 tokens, 512 on 2 x 64): with
+# attention dropout CPU SDPA runs its math kernel (docs/benchmarks/runs/gpu16/cpu_label_pass/).
+SDPA_LABEL_ATTENTION_DEVICES = frozenset({"cuda"})
 
 
 @dataclass
@@ -120,7 +125,11 @@ def _attention(base: str, module: nn.Module, query, key, value, attention_mask, 
         )
     text_key, text_value = state.kept[module]
     sees_text = state.text_mask(kwargs.get("sliding_window"), bool(getattr(module, "is_causal", True)), query.shape[2])
-    if base == "sdpa" and query.shape[2] <= SDPA_MAX_LABELS_PER_TEXT_KEY * text_key.shape[2]:
+    if (
+        base == "sdpa"
+        and query.device.type in SDPA_LABEL_ATTENTION_DEVICES
+        and query.shape[2] <= SDPA_MAX_LABELS_PER_TEXT_KEY * text_key.shape[2]
+    ):
         return label_attention_sdpa(module, query, key, value, text_key, text_value, sees_text, **kwargs)
     return label_attention(module, query, key, value, text_key, text_value, sees_text, **kwargs)
 
@@ -151,7 +160,8 @@ def label_attention_sdpa(
     The boolean mask is `sees_text` for the text keys and the identity for the label keys, so each label sees its own
     key and no other label's: the same attention as `label_attention`, in one fused kernel (grouped-query attention,
     dropout and the kernel choice are transformers' sdpa code). It scores `labels x (seq_len + labels)` pairs, so it is
-    used while `labels <= SDPA_MAX_LABELS_PER_TEXT_KEY x seq_len`; more labels per call go to `label_attention`.
+    used on `SDPA_LABEL_ATTENTION_DEVICES` while `labels <= SDPA_MAX_LABELS_PER_TEXT_KEY x seq_len`; other calls go
+    to `label_attention`.
 
     Args:
         module: the attention module (for `num_key_value_groups`).

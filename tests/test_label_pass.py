@@ -172,10 +172,12 @@ def test_labels_do_not_see_each_other_and_text_is_isolated():
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
 def test_both_label_attention_kernels_equal_the_spliced_path(family, monkeypatch):
-    """sdpa backbones use one SDPA call up to SDPA_MAX_LABELS_PER_TEXT_KEY labels per text key, the row-wise kernel
-    beyond; 60 labels on 7 text tokens take the second, chunks of 8 the first, and each is checked on its own."""
+    """sdpa backbones on a GPU use one SDPA call up to SDPA_MAX_LABELS_PER_TEXT_KEY labels per text key, the row-wise
+    kernel beyond; 60 labels on 7 text tokens take the second, chunks of 8 the first, and each is checked on its own
+    (here on the CPU, let into the SDPA call; tests/test_cuda.py runs the label pass on CUDA)."""
     from labeltok_peft import label_pass
 
+    monkeypatch.setattr(label_pass, "SDPA_LABEL_ATTENTION_DEVICES", frozenset({"cpu", "cuda"}))
     calls = []
     for kernel in ("label_attention", "label_attention_sdpa"):
         original = getattr(label_pass, kernel)
@@ -192,6 +194,10 @@ def test_both_label_attention_kernels_equal_the_spliced_path(family, monkeypatch
     model.labeltok_config.label_chunk_size = 8
     assert_same(logits_and_grads(model, batch), reference)
     assert set(calls) == {"label_attention_sdpa"}, "8 labels on 7 text keys must take the SDPA kernel"
+    monkeypatch.setattr(label_pass, "SDPA_LABEL_ATTENTION_DEVICES", frozenset({"cuda"}))
+    calls.clear()
+    model(**batch)
+    assert set(calls) == {"label_attention"}, "the CPU takes the row-wise kernel"
 
 
 def test_the_attention_implementation_is_restored_even_on_error():
