@@ -34,3 +34,4 @@ def test_scaling_benchmark_modes_run_the_layers_they_name(mode):
     shape = benchmark_scaling.SHAPES["minilm"]
     model = benchmark_scaling.build_labeltok(shape, 8, mode, args, torch.device("cpu"), torch.float32)
     assert model._late_layers(model.labeltok_config) == expected_late_layers(mode)
+    assert model._splice_isolated_labels == mode.endswith("_splice")

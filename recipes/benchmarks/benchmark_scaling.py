@@ -9,6 +9,8 @@ alike; the ratio of the medians is reported. Attention modes:
     full       labels attend like text tokens, each with its own position (K + length must fit the positions)
     isolated   each label sees the text and itself only, all labels share one position (any K): the exact label
                pass (the text runs once, labels attend to its kept keys/values)
+    isolated_splice   isolated, computed the older way: text and labels in one spliced sequence with the isolating
+               4D mask (same logits; on a GPU it may be the cheaper of the two at small K, measured here)
     late1      isolated, with the labels in the last layer only (label_layers=1, late injection)
     late1_sampled32   late1, and each training step scores the batch's positives plus 32 sampled negatives
 
@@ -103,9 +105,11 @@ SHAPES = {
 MODES = {
     "full": ("full", "sequential", {}),
     "isolated": ("isolated", "shared", {"label_layers": None}),  # every layer ('auto' means 1 on encoders)
+    "isolated_splice": ("isolated", "shared", {"label_layers": None}),
     "late1": ("isolated", "shared", {"label_layers": 1}),
     "late1_sampled32": ("isolated", "shared", {"label_layers": 1, "label_sample_size": 32}),
 }
+SPLICED_MODES = frozenset({"isolated_splice"})  # timed through the spliced sequence instead of the label pass
 SKIPPED_STATUS = {"impossible": "impossible", "oom": "out of memory"}
 
 
@@ -167,7 +171,9 @@ def build_labeltok(shape: Shape, num_labels: int, mode: str, args, device: torch
         lora=lora_kwargs(args),
         **options,
     )
-    return get_labeltok_model(backbone, config).train()
+    model = get_labeltok_model(backbone, config).train()
+    model._splice_isolated_labels = mode in SPLICED_MODES
+    return model
 
 
 def make_batch(shape: Shape, num_labels: int, batch_size: int, length: int, device: torch.device) -> dict:
