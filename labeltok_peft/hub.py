@@ -43,9 +43,13 @@ def resolve_adapter_source(
                 f"revision={revision!r} only applies to Hub repository ids; {str(source)!r} is a local path."
             )
         return path, None
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     from . import __version__
+
+    # Offline, read the cache only: huggingface_hub 1.33 (with transformers 5.17) otherwise asks the Hub for the file
+    # list of a commit revision and raises OfflineModeIsEnabled although the snapshot is cached.
+    offline = getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)()
 
     snapshot = Path(
         snapshot_download(
@@ -54,7 +58,7 @@ def resolve_adapter_source(
             revision=revision,
             token=token,
             cache_dir=cache_dir,
-            local_files_only=local_files_only,
+            local_files_only=local_files_only or offline,
             allow_patterns=list(ADAPTER_FILES),
             library_name="labeltok-peft",
             library_version=__version__,
