@@ -14,8 +14,9 @@ The route: an attention function and a mask function registered under our own na
 layers). For the text both delegate to the backbone's own sdpa or eager code. The labels' attention is computed here:
 on sdpa backbones on a GPU as one SDPA call over the text keys and the labels' own keys with a boolean mask
 (`label_attention_sdpa`); elsewhere (CPU, eager backbones, very many labels per call) with each label's own-key
-score as a row-wise product (`label_attention`, which costs `labels x seq_len`). Other kernels (flash attention, flex attention) are refused with the fix. Switching the config is not thread-safe: do not
-run one backbone from two threads at once.
+score as a row-wise product (`label_attention`, which costs `labels x seq_len`). Other kernels (flash attention,
+flex attention) are refused with the fix. Switching the config is not thread-safe: do not run one backbone from two
+threads at once.
 
 Windows: in layers with sliding-window or local attention (Mistral with `sliding_window`, Gemma 2/3 sliding layers,
 ModernBERT local layers) a label sees the text keys its own position would see in that layer: with label position `p`
