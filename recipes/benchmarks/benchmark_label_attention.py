@@ -147,11 +147,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--output", default=None, help="JSON file for the rows and the environment")
     args = parser.parse_args(argv)
+    try:
+        ks = [int(k) for k in args.ks.split(",")]
+    except ValueError:
+        parser.error(f"--ks takes comma-separated label counts, like 64,512; got {args.ks!r}")
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA GPU; torch sees none here. Smoke-test with --device cpu.")
     module = nn.Module().train()  # `label_attention` reads module.training (dropout is 0 here)
     variants = {"ours": ours, "sdpa_bool": sdpa_bool, "flex_lse": make_flex_lse(compiled=device.type == "cuda")}
     rows = []
-    for num_labels in (int(k) for k in args.ks.split(",")):
+    for num_labels in ks:
         for name, function in variants.items():
             row = {"num_labels": num_labels, "variant": name, **measure(function, args, num_labels, device, module)}
             if row["status"] == "ok" or row["status"].startswith("not supported"):
