@@ -35,3 +35,23 @@ def test_scaling_benchmark_modes_run_the_layers_they_name(mode):
     model = benchmark_scaling.build_labeltok(shape, 8, mode, args, torch.device("cpu"), torch.float32)
     assert model._late_layers(model.labeltok_config) == expected_late_layers(mode)
     assert model._splice_isolated_labels == mode.endswith("_splice")
+
+
+def test_label_attention_benchmark_variants_agree(tmp_path):
+    """The three kernels the attention benchmark times compute the same attention (on the CPU: flex attention has
+    no CPU backward, so only its forward is compared there)."""
+    import json
+
+    from recipes.benchmarks import benchmark_label_attention
+
+    output = tmp_path / "rows.json"
+    benchmark_label_attention.main(
+        ["--device", "cpu", "--ks", "5,40", "--batch", "3", "--seq_len", "9", "--heads", "2", "--head_dim", "8"]
+        + ["--warmup", "1", "--repeats", "1", "--output", str(output)]
+    )
+    rows = json.loads(output.read_text())["rows"]
+    assert {(row["num_labels"], row["variant"]) for row in rows} == {
+        (k, v) for k in (5, 40) for v in ("ours", "sdpa_bool", "flex_lse")
+    }
+    for row in rows:
+        assert row["max_abs_difference_fp32"] < 1e-5, row
